@@ -1,0 +1,173 @@
+"""Human parsing of frames: person crops or whole frames in, one ParseResult out.
+
+With the single-person model each person crop is fitted onto the 512x384 canvas, the crops go
+through the engine in batches, and each crop's label map is pasted back into one frame-sized
+label map and person-id map (where crops overlap, the higher-scoring person wins). With the
+multi-person model the whole frame is parsed at once.
+
+Example:
+    >>> parser = HumanParser(ParserOptions(model="models/single", engine="torch"))
+    >>> result = parser.parse(image)            # the whole image as one person
+    >>> result.labels.shape == image.shape[:2]
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from streamer.engines import ENGINES, Engine, create_engine
+from streamer.errors import ConfigError
+from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
+from streamer.m2fp.config import M2FPConfig, load_model_config
+from streamer.m2fp.model import M2FP
+from streamer.m2fp.postprocess import (
+    human_instances,
+    instance_parsing,
+    resample_argmax,
+    semantic_scores,
+)
+from streamer.m2fp.preprocess import (
+    Placement,
+    multi_canvas_hw,
+    to_multi_canvas,
+    to_single_canvas,
+)
+from streamer.types import Box, ParseResult, Person
+
+log = logging.getLogger("streamer.parser")
+
+
+@dataclass
+class ParserOptions:
+    model: str = "damo/cv_resnet101_image-single-human-parsing"
+    engine: str = "onnxruntime"
+    threads: int = 0  # 0 = all cores
+    batch_size: int = 4
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"parser.engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"parser.batch_size must be at least 1, not {self.batch_size}")
+        if self.threads < 0:
+            raise ConfigError(f"parser.threads must be 0 (all cores) or more, not {self.threads}")
+
+
+def load_network(model_dir: Path) -> tuple[M2FP, M2FPConfig]:
+    cfg = load_model_config(model_dir)
+    net = M2FP(cfg).eval()
+    load_weights(net, model_dir)
+    return net, cfg
+
+
+class HumanParser:
+    """Runs M2FP through one engine. Not thread-safe: use one per worker thread."""
+
+    def __init__(self, options: ParserOptions) -> None:
+        self.options = options
+        self.model_dir = resolve_model_dir(options.model)
+        self.net, self.cfg = load_network(self.model_dir)
+        self.threads = options.threads or os.cpu_count() or 1
+        self._engines: dict[tuple[int, int], Engine] = {}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.cfg.classes
+
+    @property
+    def single_person(self) -> bool:
+        return self.cfg.single_human
+
+    def engine_for(self, canvas_hw: tuple[int, int]) -> Engine:
+        engine = self._engines.get(canvas_hw)
+        if engine is None:
+            engine = create_engine(
+                self.options.engine, self.net, canvas_hw, self.model_dir / CHECKPOINT_FILE,
+                threads=self.threads,
+                cache_dir=Path(self.options.cache_dir) if self.options.cache_dir else None,
+            )
+            self._engines[canvas_hw] = engine
+        return engine
+
+    def warm_up(self, frame_hw: tuple[int, int] | None = None) -> None:
+        """Build (or load) the engine ahead of the first frame, so it is not timed as a parse."""
+        if self.single_person:
+            self.engine_for(self.cfg.canvas_hw)
+        elif frame_hw is not None:
+            self.engine_for(multi_canvas_hw(*frame_hw))
+
+    def parse(self, image: np.ndarray, persons: list[Person] | None = None) -> ParseResult:
+        """Parse one RGB frame; ``persons`` are the regions to parse with the single model.
+
+        With the single-person model and no ``persons``, the whole image is one person. The
+        multi-person model always parses the whole frame and finds people itself.
+        """
+        if not self.single_person:
+            return self._parse_multi(image)
+        h, w = image.shape[:2]
+        if persons is None:
+            persons = [Person(1, 1.0, Box(0, 0, w, h))]
+        return self._parse_crops(image, persons)
+
+    def _parse_crops(self, image: np.ndarray, persons: list[Person]) -> ParseResult:
+        h, w = image.shape[:2]
+        labels = np.zeros((h, w), np.uint8)
+        instances = np.zeros((h, w), np.uint16)
+        crops = [p for p in persons if p.box.width > 0 and p.box.height > 0]
+        maps = self.parse_crops([
+            image[p.box.y0:p.box.y1, p.box.x0:p.box.x1] for p in crops])
+        # Lowest score first, so a higher-scoring person overwrites where crops overlap.
+        for i in sorted(range(len(crops)), key=lambda i: crops[i].score):
+            b = crops[i].box
+            fg = maps[i] != 0
+            labels[b.y0:b.y1, b.x0:b.x1][fg] = maps[i][fg]
+            instances[b.y0:b.y1, b.x0:b.x1][fg] = crops[i].id
+        return ParseResult(labels, self.classes, instances, list(persons))
+
+    def parse_crops(self, crops: list[np.ndarray]) -> list[np.ndarray]:
+        """Label maps (uint8, each the size of its crop) for person crops, batched."""
+        canvas_hw = self.cfg.canvas_hw
+        engine = self.engine_for(canvas_hw)
+        out: list[np.ndarray] = []
+        bs = self.options.batch_size
+        for start in range(0, len(crops), bs):
+            chunk = crops[start:start + bs]
+            batch = np.empty((len(chunk), *canvas_hw, 3), np.uint8)
+            placements: list[Placement] = []
+            for j, crop in enumerate(chunk):
+                placements.append(to_single_canvas(np.ascontiguousarray(crop), canvas_hw,
+                                                   out=batch[j])[1])
+            tensor = batch.transpose(0, 3, 1, 2).astype(np.float32)
+            logits, masks = engine(tensor)
+            scores = semantic_scores(logits.float(), masks.float())
+            for j, placement in enumerate(placements):
+                out.append(resample_argmax(scores[j], canvas_hw, placement.box,
+                                           placement.source_hw))
+        return out
+
+    def _parse_multi(self, image: np.ndarray) -> ParseResult:
+        canvas, placement = to_multi_canvas(image)
+        canvas_hw = canvas.shape[:2]
+        engine = self.engine_for(canvas_hw)
+        logits, masks = engine(canvas.transpose(2, 0, 1)[None].copy())
+        parse = instance_parsing(
+            logits[0].float(), masks[0].float(), self.cfg.num_parsing,
+            self.cfg.parsing_ins_score_thr)
+        labels = resample_argmax(parse.part_scores, canvas_hw, placement.box,
+                                 placement.source_hw)
+        id_map, found = human_instances(parse, canvas_hw, placement.box, placement.source_hw)
+        persons = [Person(pid, score, Box(*box)) for pid, score, box in found]
+        return ParseResult(labels, self.classes[: self.cfg.num_parsing], id_map, persons)
+
+
+def torch_threads() -> int:
+    return torch.get_num_threads()

@@ -1,0 +1,119 @@
+"""Value objects that flow between the stages.
+
+Every stage speaks in these small dataclasses, so a stage knows its inputs and outputs and
+nothing about its neighbours. Images are always RGB ``uint8`` arrays of shape ``(H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a source knows about its stream before the first frame.
+
+    Example:
+        >>> info = VideoInfo(width=640, height=360, fps=25.0)
+        >>> info.resolution
+        (640, 360)
+    """
+
+    width: int
+    height: int
+    fps: float
+    frame_count: int | None = None
+    time_base: Fraction | None = None
+    is_live: bool = False
+    has_audio: bool = False
+    uri: str = ""
+
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+@dataclass
+class Frame:
+    """One decoded picture and where it came from.
+
+    ``pts`` is the presentation timestamp in ``time_base`` units (``None`` when the source has
+    none, such as a webcam); ``timestamp`` is the same in seconds. ``capture_time`` is
+    ``time.monotonic()`` when the frame left the decoder, used for end-to-end latency.
+    """
+
+    index: int
+    image: np.ndarray
+    timestamp: float
+    capture_time: float
+    pts: int | None = None
+    time_base: Fraction | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixel coordinates, ``x1``/``y1`` exclusive."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float = 1.0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def area(self) -> int:
+        return max(0, self.width) * max(0, self.height)
+
+    def iou(self, other: Box) -> float:
+        ix0, iy0 = max(self.x0, other.x0), max(self.y0, other.y0)
+        ix1, iy1 = min(self.x1, other.x1), min(self.y1, other.y1)
+        inter = max(0, ix1 - ix0) * max(0, iy1 - iy0)
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Person:
+    """A person found in a frame: a stable track id, a confidence and a box."""
+
+    id: int
+    score: float
+    box: Box
+
+
+@dataclass
+class ParseResult:
+    """The parse of one image.
+
+    ``labels`` holds one class id per pixel (index into ``classes``, 0 = background).
+    ``instances`` holds the person id per pixel (0 = nobody), or ``None`` when the model
+    does not separate people.
+    """
+
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    instances: np.ndarray | None = None
+    persons: list[Person] = field(default_factory=list)
+
+    def class_pixel_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
+        return {name: int(counts[i]) for i, name in enumerate(self.classes) if counts[i]}
