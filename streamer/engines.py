@@ -98,22 +98,26 @@ class TorchScriptEngine:
         self.canvas_hw = canvas_hw
         torch.set_num_threads(threads)
         path = cache_dir / (cache_key(checkpoint, canvas_hw, self.name) + ".pt")
-        if path.is_file():
-            self.module = torch.jit.load(str(path), map_location="cpu")
-        else:
-            started = time.perf_counter()
-            example = torch.zeros(1, 3, *canvas_hw)
-            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                traced = torch.jit.trace(net.eval(), example, check_trace=False)
-            traced = torch.jit.freeze(traced)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.jit.save(traced, str(tmp))
-            tmp.replace(path)
-            log.info("traced M2FP at %s in %.1f s -> %s", canvas_hw,
-                     time.perf_counter() - started, path)
-            self.module = traced
+        # TorchScript is deprecated upstream in favour of torch.export, but it is still the
+        # fastest traced path on CPU here; the per-call warnings say nothing to our users.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            if path.is_file():
+                self.module = torch.jit.load(str(path), map_location="cpu")
+            else:
+                started = time.perf_counter()
+                example = torch.zeros(1, 3, *canvas_hw)
+                with torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.freeze(
+                        torch.jit.trace(net.eval(), example, check_trace=False))
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.jit.save(traced, str(tmp))
+                tmp.replace(path)
+                log.info("traced M2FP at %s in %.1f s -> %s", canvas_hw,
+                         time.perf_counter() - started, path)
+                self.module = traced
         self.module.eval()
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

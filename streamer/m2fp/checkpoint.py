@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -52,20 +54,36 @@ def resolve_model_dir(spec: str, cache_dir: str | None = None) -> Path:
         ) from None
     cache = cache_dir or os.environ.get("MODELSCOPE_CACHE") or str(
         Path.home() / ".cache" / "modelscope")
+    with _quiet_hub_logs():
+        try:
+            return Path(snapshot_download(spec, cache_dir=cache, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached yet; fall through to the download
+            pass
+        log.warning("downloading %s from ModelScope into %s (first use only)", spec, cache)
+        try:
+            return Path(snapshot_download(spec, cache_dir=cache))
+        except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
+            failure = exc
+    reason = str(failure).strip().splitlines()[0][:120] if str(failure).strip() else ""
+    raise ModelError(
+        f"model {spec} is not in the ModelScope cache ({cache}) and could not be downloaded "
+        f"({type(failure).__name__}: {reason}); fetch it where there is network with "
+        f"`modelscope download --model {spec}` or pass --model /path/to/model_dir"
+    ) from None
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    """ModelScope logs every retry as a warning; the user gets one line from us instead."""
+    loggers = [logging.getLogger(name) for name in ("modelscope", "modelscope_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
-        return Path(snapshot_download(spec, cache_dir=cache_dir, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached yet; fall through to the download
-        pass
-    log.info("downloading %s from ModelScope into %s", spec, cache)
-    try:
-        return Path(snapshot_download(spec, cache_dir=cache_dir))
-    except Exception as exc:  # noqa: BLE001 - any hub failure becomes one clear line
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ModelError(
-            f"model {spec} is not in the ModelScope cache ({cache}) and could not be downloaded "
-            f"({reason}); fetch it where there is network with "
-            f"`modelscope download --model {spec}` or pass --model /path/to/model_dir"
-        ) from None
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _describe(keys: list[str], limit: int = 5) -> str:

@@ -23,7 +23,8 @@ class SinePositionEncoding(nn.Module):
         y = (y / (h + eps) * scale)[:, None].expand(h, w)
         xs = (xs / (w + eps) * scale)[None, :].expand(h, w)
         dim_t = torch.arange(self.num_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_feats)
+        pairs = torch.div(dim_t, 2, rounding_mode="floor")
+        dim_t = self.temperature ** (2 * pairs / self.num_feats)
         pos_x = xs[:, :, None] / dim_t
         pos_y = y[:, :, None] / dim_t
         pos_x = torch.stack((pos_x[:, :, 0::2].sin(), pos_x[:, :, 1::2].cos()), dim=3).flatten(2)
