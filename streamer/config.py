@@ -1,0 +1,253 @@
+"""One configuration schema for every entry point: dataclasses, validated on load.
+
+A configuration is built from the defaults below, then a YAML file (``--config``), then
+``--set section.key=value`` overrides. Any unknown key or bad value is a :class:`ConfigError`
+naming the key and what it expects.
+
+Example:
+    >>> config = load_config(None, ["parser.engine=torch", "detector.every=3"])
+    >>> config.detector.every
+    3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streamer.detect import DetectorOptions
+from streamer.errors import ConfigError
+from streamer.parser import ParserOptions
+from streamer.render import OverlayStyle
+from streamer.sources import SourceOptions
+
+
+@dataclass
+class SourceConfig(SourceOptions):
+    """Where frames come from: ``uri`` is a file, folder, image, ``rtsp://`` URL or webcam."""
+
+    uri: str | None = None
+
+
+@dataclass
+class BufferConfig:
+    """``auto`` waits for files (nothing dropped) and keeps the latest frame for live sources."""
+
+    policy: str = "auto"
+    size: int = 8
+
+
+@dataclass
+class ParseConfig:
+    """``every: N`` parses one frame in N and reuses the last result between them."""
+
+    every: int = 1
+
+
+@dataclass
+class OutputConfig:
+    path: str | None = None
+    show: bool = False
+    frames: str = "all"
+    codec: str = "libx264"
+    crf: int = 23
+    preset: str = "veryfast"
+    labels_dir: str | None = None
+    labels_format: str = "png"
+    stats_jsonl: str | None = None
+    metrics: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    detector: DetectorOptions = field(default_factory=DetectorOptions)
+    parser: ParserOptions = field(default_factory=ParserOptions)
+    parse: ParseConfig = field(default_factory=ParseConfig)
+    render: OverlayStyle = field(default_factory=OverlayStyle)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "source.transport": ("tcp", "udp"),
+    "buffer.policy": ("auto", "wait", "latest"),
+    "detector.type": ("hog", "torchvision", "full"),
+    "parser.engine": ("torch", "torchscript", "onnxruntime"),
+    "output.frames": ("all", "parsed"),
+    "output.labels_format": ("png", "npz"),
+    "output.preset": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+                      "slow", "slower", "veryslow"),
+}
+# Inclusive lower and upper bounds; None leaves that side open.
+BOUNDS: dict[str, tuple[float | None, float | None]] = {
+    "buffer.size": (1, None),
+    "parse.every": (1, None),
+    "detector.every": (1, None),
+    "detector.max_persons": (1, None),
+    "detector.pad": (0, 2),
+    "detector.min_size": (0, None),
+    "detector.score_threshold": (0, 1),
+    "parser.batch_size": (1, 64),
+    "parser.threads": (0, 1024),
+    "render.alpha": (0, 1),
+    "output.crf": (0, 51),
+}
+
+
+def _describe_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin in (tuple, list):
+        return "a list"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the field type ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key} expects {_describe_type(tp)}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key} expects a list, got {value!r}")
+        return tuple(value) if origin is tuple else list(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"config key {key} expects {_describe_type(tp)}, got {value!r}")
+
+
+def _check_value(key: str, value: Any) -> None:
+    if key in CHOICES and value is not None and value not in CHOICES[key]:
+        raise ConfigError(
+            f"config key {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in BOUNDS and isinstance(value, (int, float)):
+        low, high = BOUNDS[key]
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(f"config key {key} must be {span}, got {value!r}")
+
+
+def _unknown(key: str, known: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else f" (known: {', '.join(known)})"
+    return ConfigError(f"unknown config key {key}{hint}")
+
+
+def _build_section(name: str, cls: type, raw: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise _unknown(f"{name}.{key}", known)
+        full = f"{name}.{key}"
+        value = _coerce(full, value, hints[key])
+        _check_value(full, value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"config section {name}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config section {name}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``detector.every=3`` -> ``{"detector": {"every": 3}}``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    path, raw = text.split("=", 1)
+    parts = path.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"--set expects section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return {parts[0]: {parts[1]: value}}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    hints = typing.get_type_hints(Config)
+    built: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name not in sections:
+            raise _unknown(str(name), list(sections))
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config section {name} must be a mapping, got {raw!r}")
+        built[name] = _build_section(name, hints[name], raw)
+    return Config(**built)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
+    data: dict[str, Any] = read_yaml(path) if path else {}
+    for text in overrides or []:
+        data = _merge(data, parse_override(text))
+    return config_from_dict(data)

@@ -1,0 +1,342 @@
+"""The stream pipeline: source -> person finder -> parser -> renderer -> sinks.
+
+Three threads overlap the work: a reader decodes frame t+1 while a worker detects and parses
+frame t and the caller's thread renders and encodes frame t-1. Bounded buffers join them, and
+the buffer policy decides what happens when parsing is slower than the source:
+
+- ``wait`` (files): the reader blocks; every frame is parsed (or one in ``parse.every``) and
+  written, in order. Nothing is dropped.
+- ``latest`` (live sources): the worker always takes the newest frame. With
+  ``output.frames: all`` every captured frame is still written or shown, with the most recent
+  parse result; with ``output.frames: parsed`` only parsed frames are. Latency stays bounded.
+
+Example:
+    >>> config = load_config("configs/file.yaml")
+    >>> pipeline = Pipeline(config, source="clip.mp4")
+    >>> summary = pipeline.run()           # writes config.output.path, returns the metrics
+    >>> for frame, result in Pipeline(config, source="clip.mp4"):
+    ...     print(frame.index, result.class_pixel_counts())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.buffers import BufferPolicy, FrameBuffer, make_buffer
+from streamer.config import Config
+from streamer.detect import PersonFinder
+from streamer.errors import ConfigError
+from streamer.metrics import RunMetrics
+from streamer.parser import HumanParser
+from streamer.render import Renderer
+from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
+from streamer.sources import Source, open_source
+from streamer.types import Frame, ParseResult
+
+log = logging.getLogger("streamer.pipeline")
+
+POLL_S = 0.2
+
+
+@dataclass
+class Parsed:
+    """A frame on its way out, with the parse result to draw (``fresh``: parsed on it)."""
+
+    frame: Frame
+    result: ParseResult | None
+    fresh: bool
+
+
+class DropOldestBuffer(FrameBuffer):
+    """A bounded FIFO that discards its oldest item when full; used for live display."""
+
+    policy = BufferPolicy.LATEST
+
+    def put(self, item: Any) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            if len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+
+class Pipeline:
+    """A configured run over one source. Iterate for ``(frame, result)`` or call :meth:`run`.
+
+    ``parser`` may be passed in to share one loaded model between runs (tests, services).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        source: str | None = None,
+        *,
+        parser: HumanParser | None = None,
+    ) -> None:
+        self.config = config
+        self.uri = source if source is not None else config.source.uri
+        if self.uri is None or str(self.uri) == "":
+            raise ConfigError("no source given: pass --source or set source.uri")
+        self.metrics = RunMetrics()
+        self._parser = parser
+        self._stop = threading.Event()
+        self._source: Source | None = None
+        self._threads: list[threading.Thread] = []
+        self._buffers: list[FrameBuffer] = []
+        self._latest: Parsed | None = None
+        self._latest_lock = threading.Lock()
+        self.policy: BufferPolicy | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    @property
+    def parser(self) -> HumanParser:
+        if self._parser is None:
+            self._parser = HumanParser(self.config.parser)
+        return self._parser
+
+    @property
+    def source(self) -> Source:
+        if self._source is None:
+            raise RuntimeError("the pipeline is not running")
+        return self._source
+
+    def stop(self) -> None:
+        """Stop reading; frames already parsed are still delivered, then iteration ends."""
+        self._stop.set()
+        if self._source is not None:
+            with contextlib.suppress(Exception):
+                self._source.interrupt()
+        for buffer in self._buffers[:1]:
+            buffer.close()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def latest(self) -> Parsed | None:
+        """The most recent parsed frame (for live views)."""
+        with self._latest_lock:
+            return self._latest
+
+    # ----------------------------------------------------------------- threads
+    def _timed_frames(self, source: Source) -> Iterator[Frame]:
+        frames = iter(source)
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            self.metrics.add_stage("decode", time.perf_counter() - started)
+            self.metrics.frames_read += 1
+            yield frame
+
+    def _read(self, source: Source, outputs: list[FrameBuffer]) -> None:
+        error: BaseException | None = None
+        try:
+            for frame in self._timed_frames(source):
+                if not all([out.put(frame) for out in outputs]):
+                    break
+        except BaseException as exc:  # handed to the consumer, which raises it
+            error = exc
+        finally:
+            for out in outputs:
+                out.finish(error)
+
+    def _work(self, inbox: FrameBuffer, outbox: FrameBuffer | None, every: int) -> None:
+        finder = PersonFinder(self.config.detector)
+        parser = self.parser
+        whole_frame = self.config.detector.type == "full" or not parser.single_person
+        error: BaseException | None = None
+        last: ParseResult | None = None
+        seen = 0
+        try:
+            while True:
+                frame = inbox.get()
+                if frame is None:
+                    break
+                parse_now = seen % every == 0
+                seen += 1
+                persons = None
+                if not whole_frame:
+                    started = time.perf_counter()
+                    persons = finder.find(frame.image, frame.index)
+                    self.metrics.add_stage("detect", time.perf_counter() - started)
+                if parse_now:
+                    started = time.perf_counter()
+                    last = parser.parse(frame.image, persons)
+                    self.metrics.add_stage("parse", time.perf_counter() - started)
+                    self.metrics.frames_parsed += 1
+                item = Parsed(frame, last, parse_now)
+                if parse_now:
+                    with self._latest_lock:
+                        self._latest = item
+                if outbox is not None and not outbox.put(item):
+                    break
+        except BaseException as exc:
+            error = exc
+            inbox.close()
+        finally:
+            if outbox is not None:
+                outbox.finish(error)
+            elif error is not None:
+                self._worker_error = error
+
+    def _start(self, target: Any, *args: Any, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # ----------------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[tuple[Frame, ParseResult | None]]:
+        for item in self.items():
+            yield item.frame, item.result
+
+    def items(self) -> Iterator[Parsed]:
+        """Every output frame with its parse result, in order."""
+        cfg = self.config
+        self._worker_error: BaseException | None = None
+        source = open_source(self.uri, cfg.source)
+        self._source = source
+        try:
+            live = source.is_live or cfg.source.realtime
+            policy = BufferPolicy.parse(
+                ("latest" if live else "wait") if cfg.buffer.policy == "auto"
+                else cfg.buffer.policy)
+            self.policy = policy
+            info = source.info
+            self.parser.warm_up((info.height, info.width))
+            if policy is BufferPolicy.LATEST and cfg.output.frames == "all":
+                yield from self._items_live(source)
+            else:
+                yield from self._items_ordered(source, policy)
+        finally:
+            self._stop.set()
+            for buffer in self._buffers:
+                buffer.close()
+            for thread in self._threads:
+                thread.join(timeout=10)
+            source.close()
+            stats = source.stats
+            self.metrics.reconnects = stats.reconnects
+            self.metrics.gap_seconds = stats.gap_seconds
+            self.metrics.decode_errors = stats.decode_errors
+            self.metrics.frames_dropped = sum(b.dropped for b in self._buffers)
+            self.metrics.finished = time.monotonic()
+
+    def _items_ordered(self, source: Source, policy: BufferPolicy) -> Iterator[Parsed]:
+        cfg = self.config
+        inbox = make_buffer(policy, cfg.buffer.size)
+        outbox = make_buffer(BufferPolicy.WAIT, cfg.buffer.size)
+        self._buffers = [inbox, outbox]
+        every = 1 if policy is BufferPolicy.LATEST else cfg.parse.every
+        self._start(self._read, source, [inbox], name="streamer-reader")
+        self._start(self._work, inbox, outbox, every, name="streamer-parser")
+        only_parsed = cfg.output.frames == "parsed"
+        while (item := outbox.get()) is not None:
+            if only_parsed and not item.fresh:
+                continue
+            yield item
+
+    def _items_live(self, source: Source) -> Iterator[Parsed]:
+        cfg = self.config
+        parse_slot = make_buffer(BufferPolicy.LATEST)
+        display = DropOldestBuffer(cfg.buffer.size)
+        self._buffers = [parse_slot, display]
+        self._start(self._read, source, [parse_slot, display], name="streamer-reader")
+        self._start(self._work, parse_slot, None, 1, name="streamer-parser")
+        while (frame := display.get()) is not None:
+            if self._worker_error is not None:
+                raise self._worker_error
+            latest = self.latest()
+            result = latest.result if latest is not None else None
+            fresh = latest is not None and latest.frame.index == frame.index
+            yield Parsed(frame, result, fresh)
+        if self._worker_error is not None:
+            raise self._worker_error
+
+    # ----------------------------------------------------------------- running to sinks
+    def run(self, *, show_progress: bool | None = None) -> dict[str, Any]:
+        """Run to the configured sinks and return the summary (also written to --metrics)."""
+        cfg = self.config.output
+        renderer = Renderer(self.config.render)
+        progress = None
+        with contextlib.ExitStack() as stack:
+            sinks_opened = False
+            video: VideoFileSink | None = None
+            window: WindowSink | None = None
+            labels: LabelMapSink | None = None
+            stats: JsonlStatsSink | None = None
+            for item in self.items():
+                if not sinks_opened:
+                    sinks_opened = True
+                    info = self.source.info
+                    if cfg.path:
+                        audio = str(self.uri) if info.has_audio and not info.is_live else None
+                        video = stack.enter_context(VideoFileSink(
+                            cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
+                            preset=cfg.preset))
+                    if cfg.show:
+                        window = stack.enter_context(WindowSink(f"streamer: {self.uri}"))
+                    if cfg.labels_dir:
+                        labels = stack.enter_context(
+                            LabelMapSink(cfg.labels_dir, fmt=cfg.labels_format))
+                    if cfg.stats_jsonl:
+                        stats = stack.enter_context(JsonlStatsSink(cfg.stats_jsonl))
+                    if show_progress is None:
+                        show_progress = cfg.progress and not info.is_live
+                    if show_progress:
+                        from tqdm import tqdm
+
+                        progress = stack.enter_context(tqdm(
+                            total=info.frame_count, unit="frame", dynamic_ncols=True,
+                            desc="parsing", leave=True))
+                frame, result = item.frame, item.result
+                started = time.perf_counter()
+                image = renderer.render(frame.image, result) if result is not None else frame.image
+                self.metrics.add_stage("render", time.perf_counter() - started)
+                started = time.perf_counter()
+                if video is not None:
+                    video.write(image, frame.pts, frame.time_base)
+                if window is not None and not window.write(image):
+                    self.stop()
+                if labels is not None:
+                    labels.write(
+                        result.labels if result is not None
+                        else np.zeros(frame.image.shape[:2], np.uint8), frame.index)
+                self.metrics.add_stage("encode", time.perf_counter() - started)
+                self.metrics.add_output(frame.capture_time)
+                if stats is not None:
+                    stats.write(self._frame_record(item))
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(parsed=self.metrics.frames_parsed, refresh=False)
+        summary = self.metrics.summary()
+        if cfg.metrics:
+            self.metrics.write_json(cfg.metrics)
+        return summary
+
+    def _frame_record(self, item: Parsed) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "index": item.frame.index,
+            "timestamp": round(item.frame.timestamp, 6),
+            "parsed": item.fresh,
+            "latency_ms": round(self.metrics.latency[-1], 2) if self.metrics.latency else None,
+        }
+        if item.result is not None:
+            record["persons"] = len(item.result.persons)
+            if item.fresh:
+                record["class_pixels"] = item.result.class_pixel_counts()
+        return record
