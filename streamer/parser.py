@@ -28,10 +28,10 @@ from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_mode
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
 from streamer.m2fp.postprocess import (
-    human_instances,
-    instance_parsing,
-    resample_argmax,
-    semantic_scores,
+    paint_instances,
+    person_boxes,
+    select_instances,
+    semantic_labels,
 )
 from streamer.m2fp.preprocess import (
     Placement,
@@ -148,10 +148,9 @@ class HumanParser:
                                                    out=batch[j])[1])
             tensor = batch.transpose(0, 3, 1, 2).astype(np.float32)
             logits, masks = engine(tensor)
-            scores = semantic_scores(logits.float(), masks.float())
             for j, placement in enumerate(placements):
-                out.append(resample_argmax(scores[j], canvas_hw, placement.box,
-                                           placement.source_hw))
+                out.append(semantic_labels(logits[j].float(), masks[j].float(), canvas_hw,
+                                           placement.box, placement.source_hw))
         return out
 
     def _parse_multi(self, image: np.ndarray) -> ParseResult:
@@ -159,15 +158,15 @@ class HumanParser:
         canvas_hw = canvas.shape[:2]
         engine = self.engine_for(canvas_hw)
         logits, masks = engine(canvas.transpose(2, 0, 1)[None].copy())
-        parse = instance_parsing(
-            logits[0].float(), masks[0].float(), self.cfg.num_parsing,
-            self.cfg.parsing_ins_score_thr)
-        labels = resample_argmax(parse.part_scores, canvas_hw, placement.box,
-                                 placement.source_hw)
-        id_map, found = human_instances(parse, canvas_hw, placement.box, placement.source_hw)
-        persons = [Person(pid, score, Box(*box)) for pid, score, box in found]
+        parts, humans = select_instances(logits[0].float(), masks[0].float(),
+                                         self.cfg.num_parsing)
+        place = (canvas_hw, placement.box, placement.source_hw)
+        labels = paint_instances(parts, parts.labels, *place)
+        # Humans over the model's instance threshold are people; ids follow score order.
+        humans = humans.subset(humans.scores >= self.cfg.parsing_ins_score_thr)
+        ids = torch.arange(1, len(humans) + 1)
+        id_map = paint_instances(humans, ids, *place, dtype=np.uint16)
+        persons = [Person(pid, score, Box(*box))
+                   for pid, score, box in person_boxes(id_map, humans.scores.tolist())]
         return ParseResult(labels, self.classes[: self.cfg.num_parsing], id_map, persons)
 
-
-def torch_threads() -> int:
-    return torch.get_num_threads()

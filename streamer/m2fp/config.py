@@ -233,6 +233,6 @@ def modelscope_configuration(variant: str, *, tiny: bool = False) -> dict[str, A
     return {
         "framework": "pytorch",
         "task": "image-segmentation",
-        "pipeline": {"type": "image-human-parsing"},
+        "pipeline": {"type": "m2fp-image-human-parsing"},
         "model": model,
     }

@@ -24,7 +24,7 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
         x = self.norm(tgt) if self.pre_norm else tgt
         q = k = x + query_pos
-        tgt = tgt + self.self_attn(q, k, value=x, need_weights=False)[0]
+        tgt = tgt + self.self_attn(q, k, value=x)[0]
         return tgt if self.pre_norm else self.norm(tgt)
 
 
@@ -45,7 +45,7 @@ class CrossAttentionLayer(nn.Module):
     ) -> torch.Tensor:
         x = self.norm(tgt) if self.pre_norm else tgt
         attended = self.multihead_attn(
-            x + query_pos, memory + pos, value=memory, attn_mask=mask, need_weights=False)[0]
+            x + query_pos, memory + pos, value=memory, attn_mask=mask)[0]
         tgt = tgt + attended
         return tgt if self.pre_norm else self.norm(tgt)
 

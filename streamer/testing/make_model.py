@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,42 +21,66 @@ from torch import nn
 
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.m2fp.config import modelscope_configuration, parse_model_config
-from streamer.m2fp.deform_attn import MSDeformAttn
 from streamer.m2fp.model import M2FP
 
-
-def _init_deformable(module: MSDeformAttn) -> None:
-    """Deformable DETR's start: offsets fanned out on a circle, uniform attention."""
-    nn.init.zeros_(module.sampling_offsets.weight)
-    heads, levels, points = module.n_heads, module.n_levels, module.n_points
-    thetas = torch.arange(heads, dtype=torch.float32) * (2.0 * math.pi / heads)
-    grid = torch.stack([thetas.cos(), thetas.sin()], -1)
-    grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(heads, 1, 1, 2)
-    grid = grid.repeat(1, levels, points, 1) * torch.arange(1, points + 1).view(1, 1, -1, 1)
-    with torch.no_grad():
-        module.sampling_offsets.bias.copy_(grid.flatten())
-    nn.init.zeros_(module.attention_weights.weight)
-    nn.init.zeros_(module.attention_weights.bias)
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def smooth_random_images(n: int, height: int, width: int, generator: torch.Generator):
     """Images with structure at several scales, in 0..255, so activations resemble real ones."""
     out = torch.zeros(n, 3, height, width)
-    for cells in (4, 16, 64):
+    for cells in (3, 12, 48):
         coarse = torch.rand(n, 3, max(1, height // cells), max(1, width // cells),
                             generator=generator)
-        out += torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear",
-                                               align_corners=False)
+        out += nn.functional.interpolate(coarse, size=(height, width), mode="bilinear",
+                                         align_corners=False)
     return (out / 3 * 255).clamp(0, 255)
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(net: M2FP, batches: int, generator: torch.Generator) -> None:
-    """Set BatchNorm running statistics from forward passes over random images."""
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+def _perturb_constants(net: nn.Module, generator: torch.Generator) -> None:
+    """Randomise what default initialisation leaves constant, so every path carries signal."""
+
+    def rand(shape: torch.Size, lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(shape, generator=generator) * (hi - lo) + lo
+
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            m.weight.copy_(rand(m.weight.shape, 0.6, 1.4))
+            m.bias.copy_(rand(m.bias.shape, -0.2, 0.2))
+        elif hasattr(m, "sampling_offsets") and hasattr(m, "attention_weights"):
+            # Deformable attention starts with query-independent offsets and uniform weights.
+            m.sampling_offsets.weight.copy_(rand(m.sampling_offsets.weight.shape, -1, 1) * 0.02)
+            m.sampling_offsets.bias.add_(rand(m.sampling_offsets.bias.shape, -0.5, 0.5))
+            m.attention_weights.weight.copy_(
+                rand(m.attention_weights.weight.shape, -1, 1) * 0.05)
+            m.attention_weights.bias.copy_(rand(m.attention_weights.bias.shape, -1, 1))
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_bias is not None:
+            m.in_proj_bias.copy_(rand(m.in_proj_bias.shape, -0.05, 0.05))
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
+            if torch.count_nonzero(m.bias) == 0:
+                m.bias.copy_(rand(m.bias.shape, -0.05, 0.05))
+
+
+@torch.no_grad()
+def _damp_decoder_residuals(net: nn.Module, factor: float) -> None:
+    """Shrink the decoder's residual branches so that the queries keep their identity."""
+    predictor = net.sem_seg_head.predictor
+    for layer in predictor.transformer_self_attention_layers:
+        layer.self_attn.out_proj.weight.mul_(factor)
+    for layer in predictor.transformer_cross_attention_layers:
+        layer.multihead_attn.out_proj.weight.mul_(factor)
+    for layer in predictor.transformer_ffn_layers:
+        layer.linear2.weight.mul_(factor)
+
+
+@torch.no_grad()
+def _recalibrate_batchnorm(net: nn.Module, generator: torch.Generator, batches: int) -> None:
+    """Running statistics = cumulative average of batch statistics over random images."""
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over all batches
+        bn.momentum = None
     net.backbone.train()
     for _ in range(batches):
         images = smooth_random_images(2, 256, 192, generator)
@@ -66,6 +90,53 @@ def recalibrate_batchnorm(net: M2FP, batches: int, generator: torch.Generator) -
         bn.momentum = 0.1
 
 
+@torch.no_grad()
+def _calibrate_heads(
+    net: nn.Module, forward: Forward, generator: torch.Generator,
+    mask_std: float = 4.0, class_std: float = 3.0, rounds: int = 3,
+) -> None:
+    """Make random queries disagree, then set the logit scales.
+
+    A random decoder maps its queries onto nearly the same vector, so every query would predict
+    the same class and mask. The shared part is removed through the biases of the last mask and
+    class layers, then they are scaled so that mask logits have spread ``mask_std`` (masks
+    neither empty nor full) and class logits vary by ``class_std`` across queries (confident
+    enough for the multi-person score thresholds). The attention masks depend on these heads,
+    so a few rounds let it settle.
+    """
+    predictor = net.sem_seg_head.predictor
+    mask_layer, class_layer = predictor.mask_embed.layers[-1], predictor.class_embed
+    image = smooth_random_images(1, 256, 192, generator)
+    captured: dict[str, torch.Tensor] = {}
+    handle = predictor.mask_embed.register_forward_hook(
+        lambda _m, _i, out: captured.__setitem__("embed", out))
+    try:
+        for _ in range(rounds):
+            logits, _ = forward(image)
+            mask_layer.bias.sub_(captured["embed"].mean(dim=(0, 1)))
+            class_layer.bias.sub_(logits.mean(dim=(0, 1)))
+            logits, masks = forward(image)
+            for layer, std, value in ((mask_layer, mask_std, masks.std()),
+                                      (class_layer, class_std, logits.std(dim=1).mean())):
+                scale = std / float(value.clamp_min(1e-6))
+                layer.weight.mul_(scale)
+                layer.bias.mul_(scale)
+    finally:
+        handle.remove()
+
+
+def randomise(net: nn.Module, forward: Forward, seed: int, *, bn_batches: int = 4) -> None:
+    """Give an M2FP network (ours or ModelScope's: the same parameter names) random weights
+    whose outputs are not degenerate: varied classes per query, masks neither empty nor full,
+    BatchNorm statistics from real-looking activations. Deterministic for a seed."""
+    generator = torch.Generator().manual_seed(seed)
+    _perturb_constants(net, generator)
+    _damp_decoder_residuals(net, 0.3)
+    _recalibrate_batchnorm(net, generator, bn_batches)
+    _calibrate_heads(net, forward, generator)
+    net.eval()
+
+
 def make_model(directory: str | Path, variant: str, *, tiny: bool = False, seed: int = 0) -> Path:
     """Write ``configuration.json`` and ``pytorch_model.pt`` into ``directory``."""
     directory = Path(directory)
@@ -73,11 +144,7 @@ def make_model(directory: str | Path, variant: str, *, tiny: bool = False, seed:
     config = modelscope_configuration(variant, tiny=tiny)
     torch.manual_seed(seed)
     net = M2FP(parse_model_config(config)).eval()
-    for module in net.modules():
-        if isinstance(module, MSDeformAttn):
-            _init_deformable(module)
-    generator = torch.Generator().manual_seed(seed)
-    recalibrate_batchnorm(net, batches=3 if tiny else 6, generator=generator)
+    randomise(net, net, seed, bn_batches=3 if tiny else 4)
     (directory / "configuration.json").write_text(json.dumps(config, indent=2))
     torch.save({"model": net.state_dict()}, directory / CHECKPOINT_FILE)
     return directory
