@@ -7,6 +7,7 @@ from torch import nn
 
 from streamer.m2fp.backbone import DeepLabResNet
 from streamer.m2fp.config import M2FPConfig
+from streamer.m2fp.deform_attn import MSDeformAttn
 from streamer.m2fp.pixel_decoder import MSDeformAttnPixelDecoder
 from streamer.m2fp.transformer_decoder import MaskedTransformerDecoder
 
@@ -50,6 +51,13 @@ class M2FP(nn.Module):
         )
         predictor = MaskedTransformerDecoder(cfg.decoder, cfg.encoder.conv_dim)
         self.sem_seg_head = ParsingHead(pixel_decoder, predictor)
+
+    def use_reference_order(self, enabled: bool = True) -> M2FP:
+        """Sum deformable-attention samples in ModelScope's order (bitwise-equal, slower)."""
+        for module in self.modules():
+            if isinstance(module, MSDeformAttn):
+                module.reference_order = enabled
+        return self
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = (images - self.pixel_mean) / self.pixel_std
