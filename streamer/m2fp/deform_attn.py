@@ -27,9 +27,9 @@ def multi_scale_deformable_attention(
         sampling_locations: ``(N, Q, heads, levels, points, 2)`` as (x, y) in [0, 1].
         attention_weights: ``(N, Q, heads, levels, points)``, softmax-normalised.
         reference_order: sum the samples in the order of mmcv's CPU fallback, which ModelScope
-            runs, to reproduce its results bit for bit. The default instead weights each
-            level's samples with one batched matrix product, about twice as fast; results
-            differ by float rounding (~1e-7).
+            runs, to reproduce its results bit for bit. The default reduces each level as soon
+            as it is sampled, which avoids a large stacked copy (about 1.5x faster here,
+            and better still under ONNX Runtime); results differ by float rounding (~1e-7).
 
     Returns:
         ``(N, Q, heads * C)``.
@@ -37,27 +37,32 @@ def multi_scale_deformable_attention(
     n, _, heads, c = value.shape
     _, q, _, levels, points, _ = sampling_locations.shape
     grids = 2 * sampling_locations - 1
-    sampled = []
+    if reference_order:
+        sampled = []
+        start = 0
+        for level, (h, w) in enumerate(shapes):
+            v = value[:, start:start + h * w].permute(0, 2, 3, 1).reshape(n * heads, c, h, w)
+            start += h * w
+            g = grids[:, :, :, level].transpose(1, 2).reshape(n * heads, q, points, 2)
+            sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros",
+                                         align_corners=False))  # (N*heads, C, Q, points)
+        stacked = torch.stack(sampled, dim=-2).flatten(-2)
+        weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, q, levels * points)
+        return (stacked * weights).sum(-1).view(n, heads * c, q).transpose(1, 2)
+    # One transpose of all values, then per level: sample, weight, reduce over the points.
+    channels_first = value.permute(0, 2, 3, 1)  # (N, heads, C, S)
     out: torch.Tensor | None = None
     start = 0
     for level, (h, w) in enumerate(shapes):
-        v = value[:, start:start + h * w]
+        v = channels_first[..., start:start + h * w].reshape(n * heads, c, h, w)
         start += h * w
-        v = v.permute(0, 2, 3, 1).reshape(n * heads, c, h, w)
         g = grids[:, :, :, level].transpose(1, 2).reshape(n * heads, q, points, 2)
         s = F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if reference_order:
-            sampled.append(s)  # (N*heads, C, Q, points)
-            continue
-        weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(n * heads, q, points, 1)
-        weighted = torch.matmul(s.permute(0, 2, 1, 3), weights).squeeze(-1)  # (N*heads, Q, C)
+        weights = attention_weights[:, :, :, level].transpose(1, 2).reshape(n * heads, 1, q, points)
+        weighted = (s * weights).sum(-1)  # (N*heads, C, Q)
         out = weighted if out is None else out + weighted
-    if not reference_order:
-        assert out is not None
-        return out.view(n, heads, q, c).permute(0, 2, 1, 3).reshape(n, q, heads * c)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (N*heads, C, Q, levels*points)
-    weights = attention_weights.transpose(1, 2).reshape(n * heads, 1, q, levels * points)
-    return (stacked * weights).sum(-1).view(n, heads * c, q).transpose(1, 2)
+    assert out is not None
+    return out.view(n, heads * c, q).transpose(1, 2)
 
 
 class MSDeformAttn(nn.Module):

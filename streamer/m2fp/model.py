@@ -53,9 +53,14 @@ class M2FP(nn.Module):
         self.sem_seg_head = ParsingHead(pixel_decoder, predictor)
 
     def use_reference_order(self, enabled: bool = True) -> M2FP:
-        """Sum deformable-attention samples in ModelScope's order (bitwise-equal, slower)."""
+        """Compute in ModelScope's operation order (bitwise-equal results, slower).
+
+        The masked attention thresholds intermediate mask logits, so a rounding difference of
+        1e-7 upstream can flip an attention-mask bit and move some outputs by 1e-3. The faster
+        default order is checked against this one on label maps instead.
+        """
         for module in self.modules():
-            if isinstance(module, MSDeformAttn):
+            if isinstance(module, (MSDeformAttn, MaskedTransformerDecoder)):
                 module.reference_order = enabled
         return self
 

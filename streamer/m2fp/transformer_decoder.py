@@ -104,6 +104,7 @@ class MaskedTransformerDecoder(nn.Module):
         )
         self.class_embed = nn.Linear(d, cfg.num_classes + 1)
         self.mask_embed = MLP(d, d, cfg.mask_dim, 3)
+        self.reference_order = False
 
     def forward(
         self, levels: list[torch.Tensor], mask_features: torch.Tensor
@@ -118,35 +119,46 @@ class MaskedTransformerDecoder(nn.Module):
         n = srcs[0].shape[1]
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, n, -1)
         output = self.query_feat.weight.unsqueeze(1).expand(-1, n, -1)
-        logits, masks, attn_mask = self._predict(output, mask_features, sizes[0])
+        # Attention masks only need the mask logits at each level's size. Resizing is linear,
+        # so resizing the mask features once per level and projecting there equals projecting
+        # at full resolution and resizing the masks, at a fraction of the cost. The reference
+        # order computes it ModelScope's way, bit for bit.
+        small = None if self.reference_order else [
+            F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
+            for size in sizes]
+        attn_mask = self._attention_mask(output, mask_features, sizes[0], small and small[0])
         for i in range(self.num_layers):
             level = i % self.num_levels
             output = self.transformer_cross_attention_layers[i](
                 output, srcs[level], attn_mask, pos[level], query_pos)
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
-            next_size = sizes[(i + 1) % self.num_levels]
-            logits, masks, attn_mask = self._predict(
-                output, mask_features, next_size, need_mask=i + 1 < self.num_layers)
-        return logits, masks
+            if i + 1 < self.num_layers:
+                nxt = (i + 1) % self.num_levels
+                attn_mask = self._attention_mask(
+                    output, mask_features, sizes[nxt], small and small[nxt])
+        decoded = self.decoder_norm(output).transpose(0, 1)
+        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
+        return self.class_embed(decoded), masks
 
-    def _predict(
+    def _attention_mask(
         self,
         output: torch.Tensor,
         mask_features: torch.Tensor,
         size: tuple[int, int],
-        need_mask: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        decoded = self.decoder_norm(output).transpose(0, 1)
-        logits = self.class_embed(decoded)
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
-        if not need_mask:
-            return logits, masks, None
-        # A query attends where its resized mask has probability >= 0.5 (logit >= 0);
-        # a query whose mask is empty everywhere attends everywhere instead.
-        resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        resized_features: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Where each query may attend: where its current mask has probability >= 0.5.
+
+        A query whose mask is empty everywhere attends everywhere instead.
+        """
+        embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))
+        if resized_features is not None:
+            resized = torch.einsum("bqc,bchw->bqhw", embed, resized_features)
+        else:
+            masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+            resized = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
         blocked = (resized.sigmoid() < 0.5).flatten(2)
         blocked = blocked & ~blocked.all(-1, keepdim=True)
         n, q, hw = blocked.shape
-        attn_mask = blocked.unsqueeze(1).expand(n, self.num_heads, q, hw).reshape(-1, q, hw)
-        return logits, masks, attn_mask
+        return blocked.unsqueeze(1).expand(n, self.num_heads, q, hw).reshape(-1, q, hw)
