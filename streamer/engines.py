@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -55,6 +56,15 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of the network's source: a compiled artefact is stale once the code changes."""
+    h = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "m2fp").glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def cache_key(checkpoint: Path, canvas_hw: tuple[int, int], engine: str, **options) -> str:
     stat = checkpoint.stat()
     memo = default_cache_dir() / "digests" / (
@@ -67,7 +77,8 @@ def cache_key(checkpoint: Path, canvas_hw: tuple[int, int], engine: str, **optio
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(digest)
     opts = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
-    raw = f"{digest}|{canvas_hw[0]}x{canvas_hw[1]}|torch={torch.__version__}|{engine}|{opts}"
+    raw = (f"{digest}|{canvas_hw[0]}x{canvas_hw[1]}|torch={torch.__version__}|"
+           f"code={code_fingerprint()}|{engine}|{opts}")
     return f"{engine}-{canvas_hw[0]}x{canvas_hw[1]}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 
 
