@@ -9,7 +9,7 @@ class, and both sides load that same checkpoint, so timings are real while the p
 Prints a table and writes JSON with the keys ``stock_pipeline_s`` (median seconds per crop),
 ``engines`` ({name: {median_s, p90_s, agreement_vs_torch, ...}}) and ``ratio_best_vs_stock``
 (stock median over the fastest engine agreeing with torch on >= 99.5% of label pixels).
-Needs the test-only ModelScope requirements: pip install -r tests/requirements-modelscope.txt
+Needs the test-only ModelScope requirements: pip install -e '.[test]'
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main() -> int:
 
     if not ref.modelscope_available():
         sys.exit("error: ModelScope is not installed: "
-                 "pip install -r tests/requirements-modelscope.txt")
+                 "pip install -e '.[test]'")
     torch.set_num_threads(args.threads)
     crops = person_crops(3 if args.quick else 10)
     reps = 1 if args.quick else 3

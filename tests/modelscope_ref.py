@@ -15,7 +15,7 @@ Test-only. It lets tests prove that ``streamer.m2fp`` computes the same function
 * ``stock_pipeline`` runs ModelScope's ``ImageHumanParsingPipeline`` unmodified on a local model
   directory; ``stock_label_map`` turns its output into an ``H x W`` map of class ids.
 
-Dependencies (``tests/requirements-modelscope.txt``): ``modelscope`` itself plus ``addict``,
+Dependencies (the ``test`` extra in pyproject.toml): ``modelscope`` itself plus ``addict``,
 ``timm``, ``simplejson``, ``python-dateutil`` and ``sortedcontainers``. Two stand-ins keep the
 rest out:
 
@@ -83,7 +83,7 @@ CIHP_CLASSES = [
 
 SKIP_REASON = (
     "ModelScope reference not installed: "
-    "pip install -r tests/requirements-modelscope.txt (modelscope==1.40.2 and a few extras)"
+    "pip install -e '.[test]' (modelscope==1.40.2 and a few extras)"
 )
 
 

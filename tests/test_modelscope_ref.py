@@ -4,7 +4,7 @@ They prove the harness itself works: ModelScope's M2FP imports with the mmcv sta
 random models build and round-trip through ModelScope's own checkpoint loader, the stock
 pipeline runs offline on a real photo, and the stand-in deformable attention is correct.
 Skipped with a clear reason when ModelScope is not installed
-(``pip install -r tests/requirements-modelscope.txt``).
+(``pip install -e '.[test]'``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,567 @@
+"""Outputs: an H.264 video file (with the source's audio), a window, label maps, JSON lines.
+
+Every sink is a context manager that finalises its output on exit, also when an exception
+ends the ``with`` block, so a crash still leaves a playable video and complete JSON lines.
+Problems the user can fix (a missing folder, a full disk, no GUI) are :class:`SinkError`
+with one line of text; call :func:`check_output_path` before any work so they show up early.
+
+Example:
+    >>> check_output_path("out/parsed.mp4")
+    >>> with open_source("in.mp4") as source, VideoFileSink(
+    ...     "out/parsed.mp4", source.info, audio_from="in.mp4"
+    ... ) as sink:
+    ...     for frame in source:
+    ...         sink.write(render(frame.image), frame.pts, frame.time_base)
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+from collections.abc import Collection, Iterator, Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from streamer.errors import SinkError
+from streamer.types import VideoInfo
+
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "JsonlStatsSink",
+    "LabelMapSink",
+    "VideoFileSink",
+    "WindowSink",
+    "check_output_path",
+    "load_label_maps",
+]
+
+log = logging.getLogger("streamer.sinks")
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v"})
+
+
+def check_output_path(
+    path: str | os.PathLike[str], *, suffixes: Collection[str] | None = None
+) -> Path:
+    """Check that ``path`` can be created or overwritten; return it as a :class:`Path`.
+
+    Raises :class:`SinkError` with one line if the folder is missing or not writable, the path
+    is a folder, or (when ``suffixes`` is given) the suffix is not one of them. Call it before
+    any slow work, so a typo in ``--output`` fails in milliseconds rather than after an hour.
+
+    Example:
+        >>> check_output_path("/tmp/out.mp4", suffixes=VIDEO_SUFFIXES)
+        PosixPath('/tmp/out.mp4')
+        >>> check_output_path("/no/such/dir/out.mp4")
+        Traceback (most recent call last):
+        streamer.errors.SinkError: output folder /no/such/dir does not exist; create it ...
+    """
+    path = Path(path)
+    folder = path.parent
+    if suffixes is not None and path.suffix.lower() not in suffixes:
+        raise SinkError(
+            f"cannot write {path}: unsupported file type {path.suffix or '(none)'!r}",
+            hint=f"use one of {', '.join(sorted(suffixes))}",
+        )
+    if path.is_dir():
+        raise SinkError(f"output {path} is a folder", hint="give a file name inside it")
+    if not folder.exists():
+        raise SinkError(
+            f"output folder {folder} does not exist",
+            hint="create it first (mkdir -p) or choose another output path",
+        )
+    if not folder.is_dir():
+        raise SinkError(f"output folder {folder} is not a folder", hint="choose another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SinkError(f"no permission to write in {folder}", hint="choose a writable folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise SinkError(f"no permission to overwrite {path}", hint="choose another file name")
+    return path
+
+
+def _write_failed(path: Path, exc: BaseException) -> SinkError:
+    code = getattr(exc, "errno", None)
+    reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some disk space or write to another disk"
+    else:
+        hint = "check the disk and the output path"
+    return SinkError(f"cannot write {path}: {reason}", hint=hint)
+
+
+class VideoFileSink:
+    """Writes RGB frames to an MP4/MKV/MOV file with PyAV, keeping timing and audio.
+
+    Timing: ``write(image, pts, time_base)`` places each frame at the source's timestamp
+    (rescaled to the output time base, which is the source's ``info.time_base`` when known);
+    without ``pts`` frames are spaced ``1 / info.fps`` apart. Timestamps that do not rise are
+    nudged forward by one tick. ``audio_from`` names a media file whose first audio stream is
+    stream-copied (not re-encoded), interleaved as the video advances and trimmed to the
+    video's end; nothing is buffered beyond one packet.
+
+    Size: the output keeps ``info``'s size (rounded down to even numbers for ``yuv420p``).
+    A frame of another size (a stream that reconnected at a new resolution) is rescaled to the
+    output size, because a video file cannot change size mid-stream and players handle a
+    single size best.
+
+    Example:
+        >>> info = VideoInfo(width=640, height=360, fps=25.0, time_base=Fraction(1, 12800))
+        >>> with VideoFileSink("out.mkv", info, audio_from="in.mp4", crf=20) as sink:
+        ...     sink.write(image_rgb, pts=512, time_base=Fraction(1, 12800))
+        ...     sink.write(image_rgb)  # next frame, 1/25 s later
+        >>> sink.frames_written
+        2
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        info: VideoInfo,
+        *,
+        audio_from: str | os.PathLike[str] | None = None,
+        codec: str = "libx264",
+        pix_fmt: str = "yuv420p",
+        crf: int = 23,
+        preset: str = "veryfast",
+        threads: int | None = None,
+    ) -> None:
+        self.path = check_output_path(path, suffixes=VIDEO_SUFFIXES)
+        self.info = info
+        self.frames_written = 0
+        self.audio_packets = 0
+        self._closed = False
+        self._warned_resize = False
+        self._last_pts: int | None = None
+        fps = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
+        self.time_base = Fraction(info.time_base) if info.time_base else 1 / fps
+        self._frame_ticks = max(1, round(1 / (fps * self.time_base)))
+        even = 2 if pix_fmt.startswith(("yuv420", "yuv422", "nv12")) else 1
+        self.width = max(even, info.width - info.width % even)
+        self.height = max(even, info.height - info.height % even)
+        try:
+            # Matroska would shift every stream to make an audio priming delay non-negative,
+            # moving the video off the source's timestamps; it can store the delay as is.
+            mkv = self.path.suffix.lower() == ".mkv"
+            options = {"avoid_negative_ts": "disabled"} if mkv else {}
+            self._out = av.open(str(self.path), "w", options=options)
+        except (av.FFmpegError, OSError) as exc:
+            raise _write_failed(self.path, exc) from None
+        try:
+            self._stream = self._out.add_stream(codec, rate=fps)
+        except (av.FFmpegError, ValueError) as exc:
+            self._out.close()
+            raise SinkError(
+                f"video codec {codec!r} is not available ({exc})", hint="use codec libx264"
+            ) from None
+        cc = self._stream.codec_context
+        cc.width, cc.height, cc.pix_fmt = self.width, self.height, pix_fmt
+        cc.time_base = self.time_base
+        self._stream.time_base = self.time_base
+        # Frame threads: better compression than slice threads, and one frame per packet.
+        cc.thread_type = "FRAME"
+        cc.thread_count = threads if threads is not None else min(4, os.cpu_count() or 1)
+        if codec in ("libx264", "libx265"):
+            cc.options = {"crf": str(crf), "preset": preset}
+        self._audio_in: Any = None
+        self._audio_out: Any = None
+        self._audio_packets: Iterator[Any] | None = None
+        self._audio_next: Any = None
+        if audio_from is not None:
+            self._open_audio(str(audio_from))
+
+    def _open_audio(self, source: str) -> None:
+        try:
+            container = av.open(source)
+        except (av.FFmpegError, OSError) as exc:
+            log.warning("not copying audio: cannot open %s (%s)", source, exc)
+            return
+        if not container.streams.audio:
+            container.close()
+            return
+        stream = container.streams.audio[0]
+        name = stream.codec_context.name
+        if name not in self._out.supported_codecs:
+            log.warning("not copying %s audio: %s cannot hold it", name, self.path.suffix)
+            container.close()
+            return
+        try:
+            self._audio_out = self._out.add_stream_from_template(stream)
+        except (av.FFmpegError, ValueError) as exc:
+            log.warning("not copying audio from %s: %s", source, exc)
+            container.close()
+            return
+        self._audio_in = container
+        self._audio_packets = container.demux(stream)
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether an audio stream is being copied into the output."""
+        return self._audio_out is not None
+
+    def _fit(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
+            )
+        h, w = image.shape[:2]
+        if (h, w) == (self.height, self.width):
+            return image
+        if h - self.height in (0, 1) and w - self.width in (0, 1):
+            return image[: self.height, : self.width]  # odd source size, even output size
+        import cv2
+
+        if not self._warned_resize:
+            log.warning(
+                "frame size changed to %dx%d; rescaling to the output's %dx%d",
+                w, h, self.width, self.height,
+            )  # fmt: skip
+            self._warned_resize = True
+        shrink = w * h > self.width * self.height
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        return cv2.resize(image, (self.width, self.height), interpolation=interp)
+
+    def write(
+        self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None
+    ) -> None:
+        """Encode one RGB ``uint8`` frame at ``pts`` (in ``time_base``), or 1/fps after the last.
+
+        Raises :class:`SinkError` if the file cannot be written (the partial file is closed).
+        """
+        if self._closed:
+            raise SinkError(f"video {self.path} is already closed")
+        if pts is None:
+            out_pts = 0 if self._last_pts is None else self._last_pts + self._frame_ticks
+        else:
+            tb_in = Fraction(time_base or self.info.time_base or self.time_base)
+            out_pts = round(pts * tb_in / self.time_base)
+        if self._last_pts is not None and out_pts <= self._last_pts:
+            out_pts = self._last_pts + 1
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._fit(image)), format="rgb24")
+        frame.pts = out_pts
+        frame.time_base = self.time_base
+        try:
+            self._mux_video(self._stream.encode(frame))
+            self._copy_audio_until(out_pts * self.time_base)
+        except (av.FFmpegError, OSError) as exc:
+            self._abort()
+            raise _write_failed(self.path, exc) from None
+        self._last_pts = out_pts
+        self.frames_written += 1
+
+    def _mux_video(self, packets: list[Any]) -> None:
+        for packet in packets:
+            if not packet.duration:
+                packet.duration = self._frame_ticks
+            self._out.mux(packet)
+
+    def _copy_audio_until(self, seconds: Fraction | None) -> None:
+        """Stream-copy audio packets that start before ``seconds`` (all if ``None``)."""
+        if self._audio_packets is None:
+            return
+        while True:
+            packet = self._audio_next
+            self._audio_next = None
+            if packet is None:
+                packet = next(self._audio_packets, None)
+                if packet is None:
+                    self._audio_packets = None
+                    return
+            if packet.dts is None or packet.size == 0:
+                continue
+            start = packet.pts if packet.pts is not None else packet.dts
+            if seconds is not None and start * packet.time_base >= seconds:
+                self._audio_next = packet
+                return
+            packet.stream = self._audio_out
+            self._out.mux(packet)
+            self.audio_packets += 1
+
+    def _abort(self) -> None:
+        """Close what can be closed after a write error, keeping the partial file."""
+        self._closed = True
+        for closer in (self._out.close, getattr(self._audio_in, "close", None)):
+            try:
+                if closer is not None:
+                    closer()
+            except (av.FFmpegError, OSError):
+                pass
+
+    def close(self) -> None:
+        """Flush the encoder, copy the remaining audio up to the video's end, write the index."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._mux_video(self._stream.encode(None))
+            if self._last_pts is not None:
+                self._copy_audio_until((self._last_pts + self._frame_ticks) * self.time_base)
+            self._out.close()
+        except (av.FFmpegError, OSError) as exc:
+            self._abort()
+            raise _write_failed(self.path, exc) from None
+        finally:
+            if self._audio_in is not None:
+                self._audio_in.close()
+
+    def __enter__(self) -> VideoFileSink:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # finalise the partial output, but let the original exception win
+            self.close()
+        except SinkError as err:
+            log.warning("%s", err)
+
+
+def _gui_support(cv2: Any) -> bool:
+    match = re.search(r"^\s*GUI:\s*(\S+)", cv2.getBuildInformation(), re.MULTILINE)
+    return not (match and match.group(1).upper() == "NONE")
+
+
+class WindowSink:
+    """Shows frames in an OpenCV window: ``q`` or Esc quits, space pauses and resumes.
+
+    After the user quits, ``closed_by_user`` is ``True`` and :meth:`write` returns ``False``.
+    Needs OpenCV with GUI support (``opencv-python``, not ``-headless``) and a display.
+
+    Example:
+        >>> with WindowSink("streamer") as window:
+        ...     for frame in source:
+        ...         if not window.write(frame.image):
+        ...             break
+    """
+
+    QUIT_KEYS = frozenset({ord("q"), ord("Q"), 27})
+    PAUSE_KEY = ord(" ")
+
+    def __init__(self, title: str = "streamer") -> None:
+        import cv2
+
+        if not _gui_support(cv2):
+            raise SinkError(
+                "--show needs OpenCV with GUI support: pip install opencv-python (not -headless)"
+            )
+        self._cv2 = cv2
+        self.title = title
+        self.closed_by_user = False
+        self.paused = False
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+        except cv2.error as exc:
+            raise SinkError(
+                f"cannot open a window ({' '.join(str(exc).split())[:120]})",
+                hint="run --show on a desktop session (is DISPLAY set?)",
+            ) from None
+
+    def write(self, image: np.ndarray) -> bool:
+        """Show an RGB frame; ``False`` once the user has quit."""
+        if self.closed_by_user:
+            return False
+        cv2 = self._cv2
+        cv2.imshow(self.title, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        key = cv2.waitKey(1) & 0xFF
+        while True:
+            if key in self.QUIT_KEYS:
+                self.closed_by_user = True
+                return False
+            if key == self.PAUSE_KEY:
+                self.paused = not self.paused
+            if not self.paused:
+                return True
+            key = cv2.waitKey(50) & 0xFF
+
+    def close(self) -> None:
+        """Close the window."""
+        try:
+            self._cv2.destroyWindow(self.title)
+        except self._cv2.error:
+            pass
+
+    def __enter__(self) -> WindowSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LabelMapSink:
+    """Saves per-pixel label maps: one PNG per frame, or NPZ files of ``chunk`` frames.
+
+    The folder is created if missing (its parent must exist).
+    PNGs are 8-bit grey images named by frame index (``000042.png``); each NPZ holds arrays
+    keyed by 6-digit frame index (``labels_000000-000099.npz``). :func:`load_label_maps`
+    reads either back.
+
+    Example:
+        >>> with LabelMapSink("out/labels", fmt="npz", chunk=50) as sink:
+        ...     sink.write(result.labels, frame.index)
+        >>> dict(load_label_maps("out/labels"))[frame.index].dtype
+        dtype('uint8')
+    """
+
+    FORMATS = ("png", "npz")
+
+    def __init__(self, directory: str | os.PathLike[str], fmt: str = "png", chunk: int = 100):
+        if fmt not in self.FORMATS:
+            raise SinkError(f"label map format must be png or npz, not {fmt!r}")
+        if chunk < 1:
+            raise SinkError(f"label map chunk must be at least 1, not {chunk}")
+        self.directory = Path(directory)
+        if self.directory.is_dir():
+            check_output_path(self.directory / "000000.png")
+        else:  # create the folder itself; its parent must exist, as for any output
+            check_output_path(self.directory)
+            try:
+                self.directory.mkdir()
+            except OSError as exc:
+                raise _write_failed(self.directory, exc) from None
+        self.fmt = fmt
+        self.chunk = chunk
+        self.files_written = 0
+        self._pending: dict[str, np.ndarray] = {}
+        self._closed = False
+
+    @staticmethod
+    def _as_uint8(labels: np.ndarray) -> np.ndarray:
+        if labels.ndim != 2:
+            raise ValueError(f"a label map must be 2-D, got shape {labels.shape}")
+        if labels.dtype == np.uint8:
+            return labels
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError("label ids must lie in 0..255 to be saved as uint8")
+        return labels.astype(np.uint8)
+
+    def write(self, labels: np.ndarray, index: int) -> None:
+        """Save the label map of frame ``index`` (2-D, ids 0..255)."""
+        labels = self._as_uint8(labels)
+        if self.fmt == "png":
+            import cv2
+
+            path = self.directory / f"{index:06d}.png"
+            try:
+                ok = cv2.imwrite(str(path), labels)
+            except cv2.error as exc:
+                raise _write_failed(path, exc) from None
+            if not ok:
+                raise SinkError(f"cannot write {path}", hint="check free disk space")
+            self.files_written += 1
+            return
+        self._pending[f"{index:06d}"] = labels
+        if len(self._pending) >= self.chunk:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        keys = sorted(self._pending)
+        path = self.directory / f"labels_{keys[0]}-{keys[-1]}.npz"
+        try:
+            np.savez_compressed(path, **self._pending)
+        except OSError as exc:
+            raise _write_failed(path, exc) from None
+        finally:
+            self._pending = {}
+        self.files_written += 1
+
+    def close(self) -> None:
+        """Write the last, partial NPZ chunk."""
+        if not self._closed:
+            self._closed = True
+            self._flush()
+
+    def __enter__(self) -> LabelMapSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load_label_maps(directory: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(frame_index, labels)`` from a :class:`LabelMapSink` folder, in index order.
+
+    Example:
+        >>> for index, labels in load_label_maps("out/labels"):
+        ...     print(index, labels.shape)
+    """
+    import cv2
+
+    directory = Path(directory)
+    found: list[tuple[int, Path, str | None]] = []
+    for path in directory.glob("*.png"):
+        if path.stem.isdigit():
+            found.append((int(path.stem), path, None))
+    for path in directory.glob("labels_*.npz"):
+        with np.load(path) as data:
+            found.extend((int(key), path, key) for key in data.files)
+    for index, path, key in sorted(found, key=lambda item: item[0]):
+        if key is None:
+            yield index, cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        else:
+            with np.load(path) as data:
+                yield index, data[key]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Fraction, Path)):
+        return str(value)
+    if hasattr(value, "__dataclass_fields__"):
+        return dict(value.__dict__)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class JsonlStatsSink:
+    """Appends one JSON object per line, flushed per line so ``tail -f`` shows progress.
+
+    NumPy scalars and arrays, fractions, paths and dataclasses are converted.
+
+    Example:
+        >>> with JsonlStatsSink("out/stats.jsonl") as stats:
+        ...     stats.write({"frame": 0, "persons": 2, "latency_ms": 81.5})
+        >>> json.loads(Path("out/stats.jsonl").read_text().splitlines()[0])["persons"]
+        2
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = check_output_path(path)
+        self.lines_written = 0
+        try:
+            self._file = open(self.path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        except OSError as exc:
+            raise _write_failed(self.path, exc) from None
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Write ``record`` as one line of JSON."""
+        line = json.dumps(dict(record), default=_jsonable, separators=(",", ":"))
+        try:
+            self._file.write(line + "\n")
+        except OSError as exc:
+            raise _write_failed(self.path, exc) from None
+        self.lines_written += 1
+
+    def close(self) -> None:
+        """Close the file (safe to call twice)."""
+        if not self._file.closed:
+            try:
+                self._file.close()
+            except OSError as exc:
+                raise _write_failed(self.path, exc) from None
+
+    def __enter__(self) -> JsonlStatsSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

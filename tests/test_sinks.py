@@ -1,0 +1,231 @@
+"""Sinks writing real files, decoded back with PyAV."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from media_helpers import make_clip, shared_video
+
+from streamer.errors import SinkError
+from streamer.sinks import (
+    JsonlStatsSink,
+    LabelMapSink,
+    VideoFileSink,
+    WindowSink,
+    check_output_path,
+    load_label_maps,
+)
+from streamer.sources import FileSource
+from streamer.types import VideoInfo
+
+
+def probe(path: Path) -> dict:
+    """Frame times, images and stream facts of a video file, decoded with PyAV."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        facts = {
+            "duration": container.duration / 1e6 if container.duration else None,
+            "audio": audio.codec_context.name if audio else None,
+            "size": (video.codec_context.width, video.codec_context.height),
+        }
+        frames = list(container.decode(video))
+    facts["times"] = [float(f.pts * f.time_base) for f in frames]
+    picks = {0, len(frames) // 2, len(frames) - 1} if len(frames) > 8 else range(len(frames))
+    facts["images"] = {i: frames[i].to_ndarray(format="rgb24") for i in picks}
+    if audio is not None:
+        with av.open(str(path)) as container:
+            packets = [p for p in container.demux(audio=0) if p.size]
+            end = packets[-1].pts + packets[-1].duration
+            facts["audio_span"] = float((end - packets[0].pts) * packets[0].time_base)
+    return facts
+
+
+def copy_video(src: Path, dst: Path, audio: bool = True) -> list:
+    """Decode ``src`` and write every frame with its pts into ``dst``; return the source frames."""
+    with FileSource(src) as source:
+        audio_from = str(src) if audio and source.info.has_audio else None
+        sink = VideoFileSink(dst, source.info, audio_from=audio_from, crf=18, preset="ultrafast")
+        with sink:
+            frames = []
+            for frame in source:
+                sink.write(frame.image, frame.pts, frame.time_base)
+                frames.append(frame)
+    assert sink.frames_written == len(frames)
+    return frames
+
+
+def assert_same_video(src: Path, dst: Path, frames: list, tol: float) -> None:
+    original, written = probe(src), probe(dst)
+    assert len(written["times"]) == len(frames) == len(original["times"])
+    assert written["times"] == pytest.approx([f.timestamp for f in frames], abs=tol)
+    assert written["times"] == pytest.approx(original["times"], abs=tol)
+    assert written["duration"] == pytest.approx(original["duration"], abs=max(tol, 0.03))
+    for i in (0, len(frames) // 2, len(frames) - 1):
+        diff = np.abs(written["images"][i].astype(int) - frames[i].image.astype(int)).mean()
+        assert diff < 6, f"frame {i} differs by {diff:.1f} on average"
+
+
+@pytest.mark.parametrize(("suffix", "tol"), [(".mp4", 1e-9), (".mkv", 1e-3)])
+def test_round_trip_keeps_frames_and_timestamps(tmp_path: Path, suffix: str, tol: float) -> None:
+    src = make_clip(tmp_path / "in.mp4", frames=40, size=(160, 120), fps=25)
+    frames = copy_video(src, tmp_path / f"out{suffix}")
+    assert_same_video(src, tmp_path / f"out{suffix}", frames, tol)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_audio_is_copied(tmp_path: Path, suffix: str) -> None:
+    src = make_clip(tmp_path / "in.mp4", frames=50, size=(96, 64), fps=25, audio=True)
+    dst = tmp_path / f"out{suffix}"
+    frames = copy_video(src, dst)
+    assert_same_video(src, dst, frames, 1e-3)
+    original, written = probe(src), probe(dst)
+    assert written["audio"] == original["audio"] == "aac"
+    assert written["audio_span"] == pytest.approx(original["audio_span"], abs=0.03)
+
+
+@pytest.mark.media
+@pytest.mark.parametrize("name", ["chaplin_bw.mp4", "mmaction2_basketball.mp4"])
+def test_shared_clips_round_trip(tmp_path: Path, name: str) -> None:
+    src = shared_video(name)
+    if src is None:
+        pytest.skip(f"../shared/media/videos/{name} is absent (shared media not checked out)")
+    dst = tmp_path / "out.mp4"
+    frames = copy_video(src, dst)
+    assert_same_video(src, dst, frames, 1e-9)
+    assert probe(dst)["audio"] == probe(src)["audio"]  # chaplin has MP3, basketball none
+
+
+def test_frame_counter_timing_without_pts(tmp_path: Path) -> None:
+    info = VideoInfo(width=64, height=48, fps=30000 / 1001)
+    with VideoFileSink(tmp_path / "out.mp4", info) as sink:
+        for i in range(10):
+            sink.write(np.full((48, 64, 3), i * 20, np.uint8))
+    assert sink.time_base == Fraction(1001, 30000)
+    times = probe(tmp_path / "out.mp4")["times"]
+    assert times == pytest.approx([i * 1001 / 30000 for i in range(10)])
+
+
+def test_pts_in_another_time_base_are_rescaled(tmp_path: Path) -> None:
+    info = VideoInfo(width=64, height=48, fps=25.0, time_base=Fraction(1, 12800))
+    with VideoFileSink(tmp_path / "out.mp4", info) as sink:
+        for i in range(5):
+            sink.write(np.zeros((48, 64, 3), np.uint8), pts=i * 3600, time_base=Fraction(1, 90000))
+    assert probe(tmp_path / "out.mp4")["times"] == pytest.approx([i * 0.04 for i in range(5)])
+
+
+def test_size_change_is_rescaled_to_output_size(tmp_path: Path) -> None:
+    info = VideoInfo(width=64, height=48, fps=25.0)
+    with VideoFileSink(tmp_path / "out.mkv", info) as sink:
+        sink.write(np.full((48, 64, 3), 50, np.uint8))
+        sink.write(np.full((96, 128, 3), 200, np.uint8))  # a stream came back larger
+        sink.write(np.full((47, 63, 3), 100, np.uint8))
+    facts = probe(tmp_path / "out.mkv")
+    assert facts["size"] == (64, 48)
+    assert [int(img.mean()) // 10 for img in facts["images"].values()] == [5, 20, 10]
+
+
+def test_odd_size_is_cropped_to_even(tmp_path: Path) -> None:
+    info = VideoInfo(width=65, height=49, fps=25.0)
+    with VideoFileSink(tmp_path / "out.mp4", info) as sink:
+        sink.write(np.zeros((49, 65, 3), np.uint8))
+    assert probe(tmp_path / "out.mp4")["size"] == (64, 48)
+
+
+def test_output_is_finalised_when_the_block_raises(tmp_path: Path) -> None:
+    info = VideoInfo(width=64, height=48, fps=25.0)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        with VideoFileSink(tmp_path / "out.mp4", info) as sink:
+            for i in range(5):
+                sink.write(np.full((48, 64, 3), i, np.uint8))
+            raise RuntimeError("model crashed")
+    assert len(probe(tmp_path / "out.mp4")["times"]) == 5
+
+
+def test_missing_output_folder_fails_before_writing(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "out.mp4"
+    with pytest.raises(SinkError) as err:
+        check_output_path(target)
+    assert "does not exist" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SinkError):
+        VideoFileSink(target, VideoInfo(width=64, height=48, fps=25.0))
+    with pytest.raises(SinkError):
+        JsonlStatsSink(tmp_path / "nope" / "stats.jsonl")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_bad_output_paths(tmp_path: Path) -> None:
+    with pytest.raises(SinkError, match="unsupported file type"):
+        VideoFileSink(tmp_path / "out.gif", VideoInfo(width=64, height=48, fps=25.0))
+    with pytest.raises(SinkError, match="is a folder"):
+        check_output_path(tmp_path)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_disk_full_is_a_sink_error(tmp_path: Path, suffix: str) -> None:
+    full = tmp_path / f"full{suffix}"
+    full.symlink_to("/dev/full")  # every write fails with ENOSPC
+    info = VideoInfo(width=64, height=48, fps=25.0)
+    with pytest.raises(SinkError) as err:
+        with VideoFileSink(full, info) as sink:
+            for _ in range(300):
+                sink.write(np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    assert "No space left" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_window_sink_needs_gui() -> None:
+    if not re.search(r"GUI:\s*NONE", cv2.getBuildInformation()):
+        pytest.skip("this OpenCV has GUI support; only the headless error path is tested")
+    with pytest.raises(SinkError) as err:
+        WindowSink("test")
+    assert str(err.value) == (
+        "--show needs OpenCV with GUI support: pip install opencv-python (not -headless)"
+    )
+
+
+@pytest.mark.parametrize(("fmt", "files"), [("png", 7), ("npz", 3)])
+def test_label_maps_round_trip(tmp_path: Path, fmt: str, files: int) -> None:
+    rng = np.random.default_rng(1)
+    maps = {i * 2: rng.integers(0, 20, (12 + i, 16), dtype=np.int64) for i in range(7)}
+    with LabelMapSink(tmp_path / "labels", fmt=fmt, chunk=3) as sink:
+        for index, labels in maps.items():
+            sink.write(labels, index)
+    assert sink.files_written == files
+    if fmt == "png":
+        assert (tmp_path / "labels" / "000012.png").is_file()
+    loaded = list(load_label_maps(tmp_path / "labels"))
+    assert [i for i, _ in loaded] == sorted(maps)
+    for index, labels in loaded:
+        assert labels.dtype == np.uint8
+        np.testing.assert_array_equal(labels, maps[index])
+
+
+def test_label_map_sink_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(SinkError):
+        LabelMapSink(tmp_path / "x", fmt="jpg")
+    with LabelMapSink(tmp_path / "labels") as sink, pytest.raises(ValueError):
+        sink.write(np.full((4, 4), 300), 0)
+
+
+def test_jsonl_round_trip(tmp_path: Path) -> None:
+    records = [
+        {"frame": np.int64(0), "latency_ms": np.float32(81.5), "persons": 2},
+        {"frame": 1, "fps": Fraction(25, 1), "classes": np.array([1, 2])},
+    ]
+    with JsonlStatsSink(tmp_path / "stats.jsonl") as sink:
+        for record in records:
+            sink.write(record)
+    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [
+        {"frame": 0, "latency_ms": 81.5, "persons": 2},
+        {"frame": 1, "fps": "25", "classes": [1, 2]},
+    ]
