@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from streamer.detect import PersonFinder
 from streamer.errors import ConfigError
 from streamer.metrics import RunMetrics
 from streamer.parser import HumanParser
+from streamer.propagate import shift_persons
 from streamer.render import Renderer
 from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
 from streamer.sources import Source, open_source
@@ -48,11 +49,27 @@ POLL_S = 0.2
 
 @dataclass
 class Parsed:
-    """A frame on its way out, with the parse result to draw (``fresh``: parsed on it)."""
+    """A frame on its way out, with the parse result to draw (``fresh``: parsed on it).
+
+    ``velocities`` holds each tracked person's box motion in pixels per frame (x0, y0, x1, y1)
+    at the time of the parse, so that a later frame can move the overlay along.
+    """
 
     frame: Frame
     result: ParseResult | None
     fresh: bool
+    velocities: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def carried_to(self, frame_index: int) -> ParseResult | None:
+        """The result moved to where its people are expected on ``frame_index``."""
+        steps = frame_index - self.frame.index
+        if self.result is None or steps <= 0 or not self.velocities:
+            return self.result
+        offsets = {}
+        for pid, v in self.velocities.items():
+            dx, dy = (v[0] + v[2]) / 2 * steps, (v[1] + v[3]) / 2 * steps
+            offsets[pid] = (int(round(dx)), int(round(dy)))
+        return shift_persons(self.result, offsets)
 
 
 class DropOldestBuffer(FrameBuffer):
@@ -180,6 +197,9 @@ class Pipeline:
                     self.metrics.add_stage("parse", time.perf_counter() - started)
                     self.metrics.frames_parsed += 1
                 item = Parsed(frame, last, parse_now)
+                if parse_now and persons:
+                    item.velocities = {t.id: t.velocity.copy() for t in finder.tracker.tracks
+                                       if t.missed == 0}
                 if parse_now:
                     with self._latest_lock:
                         self._latest = item
@@ -261,9 +281,12 @@ class Pipeline:
             if self._worker_error is not None:
                 raise self._worker_error
             latest = self.latest()
-            result = latest.result if latest is not None else None
-            fresh = latest is not None and latest.frame.index == frame.index
-            yield Parsed(frame, result, fresh)
+            if latest is None:
+                yield Parsed(frame, None, False)
+                continue
+            # Shown on a later frame, the last parse follows its people's tracked boxes.
+            fresh = latest.frame.index == frame.index
+            yield Parsed(frame, latest.carried_to(frame.index), fresh)
         if self._worker_error is not None:
             raise self._worker_error
 
