@@ -19,6 +19,11 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 EPILOG = """\
+subcommands:
+  run_stream.py eval --images DIR --labels DIR [--model ...]   accuracy against ground truth
+  run_stream.py serve [--host H --port P]                      web UI and REST API
+  run_stream.py batch --source 'videos/*.mp4' --output-dir out/  many files
+
 examples:
   run_stream.py --source clip.mp4 --output parsed.mp4 --model DIR
   run_stream.py --source rtsp://127.0.0.1:8554/cam --output live.mp4 --metrics m.json
@@ -150,8 +155,26 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     print(f"wrote {output}: {len(result.persons)} person(s); pixels per class: {classes}")
 
 
+# Subcommands live in their own modules; each has main(argv) -> exit code.
+SUBCOMMANDS = {
+    "eval": "streamer.evaluate",
+    "serve": "streamer.serve",
+    "batch": "streamer.batch",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        try:
+            module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        except ModuleNotFoundError as exc:
+            print(f"error: `{argv[0]}` is not available in this build ({exc.name} is missing)",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        return int(module.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     stopper = SignalStop()
