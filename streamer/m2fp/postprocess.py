@@ -7,13 +7,15 @@ so a 1080p frame never holds a full-resolution stack of 100 masks as ModelScope'
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-STRIP_ROWS = 256
+# Floats per resampled strip (16 MB), whatever the number of maps or the frame width.
+STRIP_ELEMENTS = 1 << 22
 
 
 def semantic_labels(
@@ -35,16 +37,9 @@ def semantic_labels(
     x0, y0, x1, y1 = box
     bh, bw = y1 - y0, x1 - x0
     q = masks.shape[0]
-    gx, gy = _sampling_grid(canvas_hw, box, (bh, bw))
-    src = masks.unsqueeze(0).float()
-    rows = max(1, (1 << 22) // max(1, q * bw))
     scores = torch.empty(probs.shape[1], bh, bw)
-    for r0 in range(0, bh, rows):
-        r1 = min(bh, r0 + rows)
-        grid = torch.stack(
-            (gx[None, :].expand(r1 - r0, bw), gy[r0:r1, None].expand(r1 - r0, bw)), -1)
-        sampled = F.grid_sample(src, grid[None], mode="bilinear", padding_mode="border",
-                                align_corners=False)[0]
+    rows = max(1, STRIP_ELEMENTS // max(1, q * bw))
+    for r0, r1, sampled in _sample_strips(masks, canvas_hw, box, (bh, bw), rows):
         scores[:, r0:r1] = torch.einsum("qc,qhw->chw", probs, sampled.sigmoid())
     if (bh, bw) != tuple(out_hw):
         scores = F.interpolate(scores[None], size=out_hw, mode="bilinear",
@@ -112,22 +107,35 @@ def paint_instances(
     out = np.zeros((oh, ow), dtype)
     if len(instances) == 0:
         return out
-    gx, gy = _sampling_grid(canvas_hw, box, out_hw)
-    src = instances.masks.unsqueeze(0).float()
     # Descending weights: argmax over k of (mask > 0) * weight picks the first positive one.
     weights = torch.arange(len(instances), 0, -1, dtype=torch.float32)[:, None, None]
     lookup = torch.cat([torch.zeros(1, dtype=values.dtype), values]).numpy().astype(dtype)
-    rows = max(8, STRIP_ROWS * 16 // max(16, len(instances)))
-    for r0 in range(0, oh, rows):
-        r1 = min(oh, r0 + rows)
-        grid = torch.stack(
-            (gx[None, :].expand(r1 - r0, ow), gy[r0:r1, None].expand(r1 - r0, ow)), -1)
-        sampled = F.grid_sample(src, grid[None], mode="bilinear", padding_mode="border",
-                                align_corners=False)[0]
+    rows = max(1, STRIP_ELEMENTS // max(1, len(instances) * ow))
+    for r0, r1, sampled in _sample_strips(instances.masks, canvas_hw, box, out_hw, rows):
         hit = (sampled > 0).float() * weights
         best, idx = hit.max(0)
         out[r0:r1] = lookup[torch.where(best > 0, idx + 1, 0).numpy()]
     return out
+
+
+def _sample_strips(
+    maps: torch.Tensor,
+    canvas_hw: tuple[int, int],
+    box: tuple[int, int, int, int],
+    out_hw: tuple[int, int],
+    rows: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Bilinear samples of ``maps`` (K, h, w) at ``out_hw`` pixels spread over ``box``, as
+    ``(first_row, end_row, (K, rows, W))`` strips, so memory stays bounded."""
+    oh, ow = out_hw
+    gx, gy = _sampling_grid(canvas_hw, box, out_hw)
+    src = maps.unsqueeze(0).float()
+    for r0 in range(0, oh, rows):
+        r1 = min(oh, r0 + rows)
+        grid = torch.stack(
+            (gx[None, :].expand(r1 - r0, ow), gy[r0:r1, None].expand(r1 - r0, ow)), -1)
+        yield r0, r1, F.grid_sample(src, grid[None], mode="bilinear", padding_mode="border",
+                                    align_corners=False)[0]
 
 
 def _sampling_grid(
