@@ -1,0 +1,239 @@
+// The streamer web page: parse a dropped photo, watch a live stream. Plain JS, no build step.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let classes = [];           // [{id, name, color}] from /api/classes
+let watching = null;        // id of the stream shown
+const objectUrls = {};
+
+// ------------------------------------------------------------------ helpers
+function token() {
+  return $("token").value.trim();
+}
+
+function authHeaders() {
+  const t = token();
+  return t ? { Authorization: `Bearer ${t}` } : {};
+}
+
+async function errorText(response) {
+  let reason = response.statusText;
+  try {
+    const body = await response.json();
+    reason = body.error || body.detail || reason;
+  } catch (e) { /* not JSON */ }
+  const retry = response.headers.get("Retry-After");
+  return `${response.status}: ${reason}${retry ? ` (retry in ${retry} s)` : ""}`;
+}
+
+function setStatus(state, text) {
+  const status = $("status");
+  status.dataset.state = state;
+  status.textContent = text;
+}
+
+function showBlob(img, key, blob) {
+  if (objectUrls[key]) URL.revokeObjectURL(objectUrls[key]);
+  objectUrls[key] = URL.createObjectURL(blob);
+  return new Promise((resolve, reject) => {
+    img.onload = () => resolve();
+    img.onerror = () => reject(new Error(`the ${key} image could not be shown`));
+    img.src = objectUrls[key];
+  });
+}
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  Object.assign(node, props);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// ------------------------------------------------------------------ photo
+async function loadClasses() {
+  try {
+    const response = await fetch("/api/classes");
+    if (response.ok) classes = (await response.json()).classes;
+  } catch (e) { /* the legend stays empty */ }
+  renderLegend(null);
+}
+
+function renderLegend(counts) {
+  const list = $("legend");
+  list.textContent = "";
+  for (const c of classes) {
+    const pixels = counts ? counts[c.name] || 0 : 0;
+    const item = el("li", {},
+      el("span", { className: "swatch", title: c.color }),
+      el("span", { textContent: c.name }),
+      el("span", { className: "count", textContent: pixels ? pixels.toLocaleString() : "" }));
+    item.querySelector(".swatch").style.background = c.color;
+    item.dataset.classId = c.id;
+    if (counts) item.classList.add(pixels ? "present" : "absent");
+    list.append(item);
+  }
+}
+
+function renderPersons(persons) {
+  const body = $("persons").querySelector("tbody");
+  body.textContent = "";
+  for (const p of persons) {
+    const top = Object.entries(p.classes).sort((a, b) => b[1] - a[1]).slice(0, 4)
+      .map(([name, n]) => `${name} ${n.toLocaleString()}`).join(", ");
+    body.append(el("tr", {},
+      el("td", { textContent: p.id }),
+      el("td", { textContent: p.score.toFixed(2) }),
+      el("td", { textContent: p.box.join(", ") }),
+      el("td", { textContent: p.pixels.toLocaleString() }),
+      el("td", { textContent: top || "-" })));
+  }
+  if (!persons.length) body.append(el("tr", {}, el("td", { colSpan: 5, textContent: "nobody" })));
+}
+
+async function postImage(file, format) {
+  const form = new FormData();
+  form.append("image", file, file.name);
+  const response = await fetch(`/api/parse?format=${format}`,
+    { method: "POST", body: form, headers: authHeaders() });
+  if (!response.ok) throw new Error(await errorText(response));
+  return response;
+}
+
+async function parseFile(file) {
+  if (!file) return;
+  setStatus("busy", `Parsing ${file.name}…`);
+  $("overlay").removeAttribute("src");
+  try {
+    const shown = showBlob($("original"), "original", file);
+    const started = performance.now();
+    const summary = await (await postImage(file, "json")).json();
+    // The same bytes again: answered from the cache, rendered as the overlay.
+    const overlay = await (await postImage(file, "png")).blob();
+    await Promise.all([shown, showBlob($("overlay"), "overlay", overlay)]);
+    renderLegend(summary.classes);
+    renderPersons(summary.persons);
+    const total = Math.round(performance.now() - started);
+    setStatus("done", `${file.name}: ${summary.persons.length} person(s), ` +
+      `${summary.width}×${summary.height}, parsed in ${summary.parse_ms} ms by ` +
+      `${summary.model} (${summary.engine}), cache ${summary.cache}, ${total} ms in all`);
+  } catch (e) {
+    setStatus("error", e.message);
+  }
+}
+
+function setUpDrop() {
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    parseFile(e.dataTransfer.files[0]);
+  });
+  $("file").addEventListener("change", (e) => parseFile(e.target.files[0]));
+}
+
+// ------------------------------------------------------------------ live
+function liveStatus(text, isError = false) {
+  $("live-status").textContent = text;
+  $("live-status").classList.toggle("error", isError);
+}
+
+async function refreshStreams(select) {
+  let streams = [];
+  try {
+    const response = await fetch("/api/streams");
+    streams = (await response.json()).streams;
+  } catch (e) {
+    liveStatus(`cannot list streams: ${e.message}`, true);
+    return;
+  }
+  const menu = $("streams");
+  const keep = select || menu.value;
+  menu.textContent = "";
+  menu.append(el("option", { value: "", textContent: streams.length ? "choose a stream" :
+    "no streams" }));
+  for (const s of streams) {
+    menu.append(el("option", { value: s.id, textContent: `${s.id}: ${s.source} (${s.state})` }));
+  }
+  if (streams.some((s) => s.id === keep)) menu.value = keep;
+  watch(menu.value || null);
+}
+
+function watch(id) {
+  if (id === watching) return;
+  watching = id;
+  const view = $("live-view");
+  if (id) view.src = `/api/streams/${encodeURIComponent(id)}/mjpeg`;
+  else view.removeAttribute("src");
+  pollMetrics();
+}
+
+function show(id, value) {
+  $(id).textContent = value === undefined || value === null ? "-" : value;
+}
+
+async function pollMetrics() {
+  if (!watching) {
+    for (const id of ["s-state", "s-fps", "s-p50", "s-p95", "s-read", "s-parsed", "s-dropped",
+      "s-reconnects"]) show(id, "-");
+    return;
+  }
+  try {
+    const response = await fetch(`/api/streams/${encodeURIComponent(watching)}/metrics`);
+    if (!response.ok) { liveStatus(await errorText(response), true); return; }
+    const m = await response.json();
+    show("s-state", m.state);
+    show("s-fps", m.current_fps.toFixed(1));
+    show("s-p50", `${m.latency_ms.p50.toFixed(0)} ms`);
+    show("s-p95", `${m.latency_ms.p95.toFixed(0)} ms`);
+    show("s-read", m.frames_read);
+    show("s-parsed", m.frames_parsed);
+    show("s-dropped", m.frames_dropped);
+    show("s-reconnects", m.reconnects);
+  } catch (e) { /* try again on the next tick */ }
+}
+
+async function startStream(event) {
+  event.preventDefault();
+  const body = { source: $("source").value.trim(), config: {} };
+  if ($("realtime").checked) body.config["source.realtime"] = true;
+  liveStatus("starting…");
+  const response = await fetch("/api/streams", {
+    method: "POST", body: JSON.stringify(body),
+    headers: { "Content-Type": "application/json", ...authHeaders() },
+  });
+  if (!response.ok) { liveStatus(await errorText(response), true); return; }
+  const stream = await response.json();
+  liveStatus(`started ${stream.id}`);
+  await refreshStreams(stream.id);
+}
+
+async function stopStream() {
+  const id = $("streams").value;
+  if (!id) return;
+  const response = await fetch(`/api/streams/${encodeURIComponent(id)}`,
+    { method: "DELETE", headers: authHeaders() });
+  if (!response.ok) { liveStatus(await errorText(response), true); return; }
+  const done = await response.json();
+  liveStatus(`stopped ${id}: ${done.summary.frames_read} frames read, ` +
+    `${done.summary.frames_parsed} parsed`);
+  watch(null);
+  await refreshStreams();
+}
+
+// ------------------------------------------------------------------ start
+function init() {
+  $("token").value = sessionStorage.getItem("streamer-token") || "";
+  $("token").addEventListener("change", () => sessionStorage.setItem("streamer-token", token()));
+  setUpDrop();
+  $("start-form").addEventListener("submit", startStream);
+  $("refresh").addEventListener("click", () => refreshStreams());
+  $("stop").addEventListener("click", stopStream);
+  $("streams").addEventListener("change", (e) => watch(e.target.value || null));
+  loadClasses();
+  refreshStreams();
+  setInterval(pollMetrics, 1000);
+}
+
+init();
