@@ -209,13 +209,23 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline = Pipeline(config)
         stopper.target = pipeline
+        if stopper.code is not None:  # Ctrl-C while starting up: nothing written yet
+            return stopper.code
         summary = pipeline.run()
         print(format_summary(summary))
         if output:
             print(f"wrote {output}")
-        if summary["decode_errors"]:
-            print(f"warning: {summary['decode_errors']} damaged packet(s) or frame(s) could not "
-                  "be decoded and were skipped", file=sys.stderr)
+        skipped = summary["decode_errors"]
+        damaged = summary["packets_corrupt"] + summary["frames_corrupt"]
+        if skipped or damaged:
+            parts = []
+            if skipped:
+                parts.append(f"{skipped} damaged packet(s) or frame(s) could not be decoded and "
+                             "were skipped")
+            if damaged:
+                parts.append(f"{damaged} damaged packet(s) or frame(s) were decoded as far as "
+                             "possible (the input is corrupt or cut short)")
+            print(f"warning: {'; '.join(parts)}", file=sys.stderr)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -27,6 +27,7 @@ from streamer.errors import ConfigError
 from streamer.parser import ParserOptions
 from streamer.render import OverlayStyle
 from streamer.sources import SourceOptions
+from streamer.temporal import PROPAGATE_METHODS, STABILITY_MODES
 
 
 @dataclass
@@ -52,6 +53,17 @@ class ParseConfig:
 
 
 @dataclass
+class RenderConfig(OverlayStyle):
+    """The overlay, and how a parse is carried to the frames after it (streamer.temporal):
+    ``propagate`` none | shift | flow, ``stability`` none | majority | blend over
+    ``stability_depth`` parses."""
+
+    propagate: str = "shift"
+    stability: str = "none"
+    stability_depth: int = 3
+
+
+@dataclass
 class OutputConfig:
     path: str | None = None
     show: bool = False
@@ -73,7 +85,7 @@ class Config:
     detector: DetectorOptions = field(default_factory=DetectorOptions)
     parser: ParserOptions = field(default_factory=ParserOptions)
     parse: ParseConfig = field(default_factory=ParseConfig)
-    render: OverlayStyle = field(default_factory=OverlayStyle)
+    render: RenderConfig = field(default_factory=RenderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +98,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "detector.type": ("hog", "torchvision", "full"),
     "parser.engine": ("torch", "torchscript", "onnxruntime"),
     "output.frames": ("all", "parsed"),
+    "render.propagate": PROPAGATE_METHODS,
+    "render.stability": STABILITY_MODES,
     "output.labels_format": ("png", "npz"),
     "output.preset": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                       "slow", "slower", "veryslow"),
@@ -102,6 +116,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "parser.batch_size": (1, 64),
     "parser.threads": (0, 1024),
     "render.alpha": (0, 1),
+    "render.stability_depth": (2, 8),
     "output.crf": (0, 51),
 }
 
@@ -171,7 +186,8 @@ def _unknown(key: str, known: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key {key}{hint}")
 
 
-def _build_section(name: str, cls: type, raw: dict[str, Any]) -> Any:
+def build_section(name: str, cls: type, raw: dict[str, Any]) -> Any:
+    """One validated config section (a dataclass) from its raw mapping; errors name the key."""
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -241,7 +257,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config section {name} must be a mapping, got {raw!r}")
-        built[name] = _build_section(name, hints[name], raw)
+        built[name] = build_section(name, hints[name], raw)
     return Config(**built)
 
 

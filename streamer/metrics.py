@@ -40,6 +40,8 @@ class RunMetrics:
     reconnects: int = 0
     gap_seconds: float = 0.0
     decode_errors: int = 0
+    packets_corrupt: int = 0
+    frames_corrupt: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     stages: dict[str, deque[float]] = field(
@@ -80,6 +82,8 @@ class RunMetrics:
             "frames_written": self.frames_written,
             "frames_dropped": self.frames_dropped,
             "decode_errors": self.decode_errors,
+            "packets_corrupt": self.packets_corrupt,
+            "frames_corrupt": self.frames_corrupt,
             "reconnects": self.reconnects,
             "gap_seconds": round(self.gap_seconds, 3),
             "latency_ms": latency,
@@ -99,6 +103,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"frames  read {summary['frames_read']}  parsed {summary['frames_parsed']}  "
         f"written {summary['frames_written']}  dropped {summary['frames_dropped']}"
         + (f"  decode errors {summary['decode_errors']}" if summary["decode_errors"] else "")
+        + (f"  damaged packets {summary['packets_corrupt']}"
+           if summary.get("packets_corrupt") else "")
+        + (f"  damaged frames {summary['frames_corrupt']}" if summary.get("frames_corrupt") else "")
         + (f"  reconnects {summary['reconnects']}" if summary["reconnects"] else ""),
         f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}",
     ]

@@ -40,6 +40,7 @@ from streamer.propagate import shift_persons
 from streamer.render import Renderer
 from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
 from streamer.sources import Source, open_source
+from streamer.temporal import Carrier
 from streamer.types import Frame, ParseResult
 
 log = logging.getLogger("streamer.pipeline")
@@ -253,6 +254,8 @@ class Pipeline:
             self.metrics.reconnects = stats.reconnects
             self.metrics.gap_seconds = stats.gap_seconds
             self.metrics.decode_errors = stats.decode_errors
+            self.metrics.packets_corrupt = stats.packets_corrupt
+            self.metrics.frames_corrupt = stats.frames_corrupt
             self.metrics.frames_dropped = sum(b.dropped for b in self._buffers)
             self.metrics.finished = time.monotonic()
 
@@ -265,9 +268,12 @@ class Pipeline:
         self._start(self._read, source, [inbox], name="streamer-reader")
         self._start(self._work, inbox, outbox, every, name="streamer-parser")
         only_parsed = cfg.output.frames == "parsed"
+        carrier = Carrier.from_config(cfg.render)  # render.propagate / render.stability
         while (item := outbox.get()) is not None:
             if only_parsed and not item.fresh:
                 continue
+            item.result = carrier.carry(item.frame.image, item.frame.index, item.result,
+                                        velocities=item.velocities)
             yield item
 
     def _items_live(self, source: Source) -> Iterator[Parsed]:
@@ -277,16 +283,21 @@ class Pipeline:
         self._buffers = [parse_slot, display]
         self._start(self._read, source, [parse_slot, display], name="streamer-reader")
         self._start(self._work, parse_slot, None, 1, name="streamer-parser")
+        carrier = Carrier.from_config(cfg.render)  # render.propagate / render.stability
         while (frame := display.get()) is not None:
             if self._worker_error is not None:
                 raise self._worker_error
             latest = self.latest()
-            if latest is None:
+            if latest is None or latest.frame.image.shape != frame.image.shape:
+                # Nothing parsed yet, or a parse from before the stream changed size
+                # (reconnected at another resolution): no overlay until a new one.
                 yield Parsed(frame, None, False)
                 continue
             # Shown on a later frame, the last parse follows its people's tracked boxes.
             fresh = latest.frame.index == frame.index
-            yield Parsed(frame, latest.carried_to(frame.index), fresh)
+            yield Parsed(frame, carrier.carry(
+                frame.image, frame.index, latest.result, source_image=latest.frame.image,
+                source_index=latest.frame.index, velocities=latest.velocities), fresh)
         if self._worker_error is not None:
             raise self._worker_error
 

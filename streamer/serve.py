@@ -101,7 +101,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamer.config import Config, _build_section, config_from_dict, parse_override, read_yaml
+from streamer.config import Config, build_section, config_from_dict, parse_override, read_yaml
 from streamer.detect import Detector, DetectorOptions, PersonFinder, make_detector
 from streamer.engines import file_digest
 from streamer.errors import ConfigError, ModelError, StreamerError
@@ -236,7 +236,7 @@ def load_settings(path: str | Path | None = None,
         else:
             data = _merge(data, item)
     config = config_from_dict(data)
-    settings: ServeConfig = _build_section("serve", ServeConfig, serve_raw)
+    settings: ServeConfig = build_section("serve", ServeConfig, serve_raw)
     if settings.token is None and os.environ.get("STREAMER_TOKEN", "").strip():
         settings.token = os.environ["STREAMER_TOKEN"].strip()
     return config, settings

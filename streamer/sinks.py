@@ -83,13 +83,49 @@ def check_output_path(
         raise SinkError(f"no permission to write in {folder}", hint="choose a writable folder")
     if path.exists() and not os.access(path, os.W_OK):
         raise SinkError(f"no permission to overwrite {path}", hint="choose another file name")
+    _probe_write(path)
     return path
+
+
+def _probe_write(path: Path) -> None:
+    """Create (then remove) ``path``, or open it for appending, to prove it can be written.
+
+    ``os.access`` says yes to root almost everywhere, also where nothing can be created (/proc,
+    /sys) or the file system is mounted read-only; only trying tells. Nothing is truncated.
+    """
+    try:
+        if path.exists():
+            if path.is_file():
+                with open(path, "ab"):
+                    pass
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.close(fd)
+        os.unlink(path)
+    except OSError as exc:
+        reason = " ".join(str(exc.strerror or exc).split())
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise _write_failed(path, exc) from None
+        what = "no permission to write in" if exc.errno in (
+            errno.EACCES, errno.EPERM, errno.EROFS) else "cannot create files in"
+        raise SinkError(f"{what} {path.parent} ({reason})",
+                        hint="choose a writable folder") from None
+
+
+def _file_size_limit() -> int | None:
+    """The largest file this process may write (RLIMIT_FSIZE, ``ulimit -f``), if limited."""
+    try:
+        import resource
+    except ImportError:  # not on POSIX
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
 
 
 def _write_failed(path: Path, exc: BaseException) -> SinkError:
     code = getattr(exc, "errno", None)
     reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())
-    if code in (errno.ENOSPC, errno.EDQUOT):
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         hint = "free some disk space or write to another disk"
     else:
         hint = "check the disk and the output path"
@@ -139,6 +175,13 @@ class VideoFileSink:
         self._closed = False
         self._warned_resize = False
         self._last_pts: int | None = None
+        # Room to finalise: bytes muxed so far, video packets out of the encoder, their
+        # largest size, and the limits (RLIMIT_FSIZE, free disk space) checked before a frame.
+        self._bytes_out = 0
+        self._video_packets = 0
+        self._max_packet = 0
+        self._size_limit = _file_size_limit()
+        self._free: tuple[int, int] | None = None  # (free bytes, self._bytes_out) when measured
         fps = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
         self.time_base = Fraction(info.time_base) if info.time_base else 1 / fps
         self._frame_ticks = max(1, round(1 / (fps * self.time_base)))
@@ -243,6 +286,11 @@ class VideoFileSink:
             out_pts = round(pts * tb_in / self.time_base)
         if self._last_pts is not None and out_pts <= self._last_pts:
             out_pts = self._last_pts + 1
+        full = self._out_of_room()
+        if full is not None:
+            # Stop while the encoder's last frames and the index still fit: the file plays.
+            self.close()
+            raise full
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._fit(image)), format="rgb24")
         frame.pts = out_pts
         frame.time_base = self.time_base
@@ -259,7 +307,43 @@ class VideoFileSink:
         for packet in packets:
             if not packet.duration:
                 packet.duration = self._frame_ticks
+            size = packet.size
             self._out.mux(packet)
+            self._bytes_out += size
+            self._video_packets += 1
+            self._max_packet = max(self._max_packet, size)
+
+    def _reserve(self) -> int:
+        """Bytes that finalising may still need: the frame about to be written, the frames
+        inside the encoder (each counted at the largest packet so far), the index (moov) and
+        the muxer's buffer."""
+        in_flight = self.frames_written - self._video_packets + 1
+        per_frame = self._max_packet or self.width * self.height // 4
+        index = 48 * (self.frames_written + 1) + 24 * self.audio_packets
+        return in_flight * per_frame + index + 256 * 1024
+
+    def _out_of_room(self) -> SinkError | None:
+        """A :class:`SinkError` if writing another frame could leave no room to finalise."""
+        reserve = self._reserve()
+        kept = "the frames written so far are finalised and play"
+        if self._size_limit is not None and self._bytes_out + reserve > self._size_limit:
+            return SinkError(
+                f"cannot write {self.path}: {os.strerror(errno.EFBIG)} (files may not exceed "
+                f"{self._size_limit} bytes here, ulimit -f)",
+                hint=f"raise the limit or write a shorter video; {kept}")
+        measured = self._free
+        if measured is None or measured[0] - (self._bytes_out - measured[1]) < 4 * reserve:
+            try:  # measured again only when the estimate gets low: statvfs can be slow (NFS)
+                st = os.statvfs(self.path.parent)
+            except OSError:
+                return None
+            measured = self._free = (st.f_bavail * st.f_frsize, self._bytes_out)
+            if measured[0] < reserve:
+                return SinkError(
+                    f"cannot write {self.path}: {os.strerror(errno.ENOSPC)} "
+                    f"({measured[0] // 1024} KiB free)",
+                    hint=f"free some disk space or write to another disk; {kept}")
+        return None
 
     def _copy_audio_until(self, seconds: Fraction | None) -> None:
         """Stream-copy audio packets that start before ``seconds`` (all if ``None``)."""
@@ -280,7 +364,9 @@ class VideoFileSink:
                 self._audio_next = packet
                 return
             packet.stream = self._audio_out
+            size = packet.size
             self._out.mux(packet)
+            self._bytes_out += size
             self.audio_packets += 1
 
     def _abort(self) -> None:

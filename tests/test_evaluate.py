@@ -1,0 +1,221 @@
+"""The accuracy tool: metrics checked against a by-hand computation, and the eval command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from streamer.errors import ConfigError, SourceError
+from streamer.evaluate import Confusion, find_pairs, load_label, main, score_pairs
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = tuple(f"c{i}" for i in range(20))
+
+
+def reference(pairs: list[tuple[np.ndarray, np.ndarray]], n: int = 20):
+    """Per-class IoU, mIoU and pixel accuracy the slow, obvious way (loops and sums)."""
+    tp, fp, fn = [0] * n, [0] * n, [0] * n
+    correct = total = 0
+    for pred, truth in pairs:
+        valid = truth != 255
+        for c in range(n):
+            t = (truth == c) & valid
+            p = (pred == c) & valid
+            tp[c] += int(np.sum(t & p))
+            fp[c] += int(np.sum(p & ~t))
+            fn[c] += int(np.sum(t & ~p))
+        correct += int(np.sum((pred == truth) & valid))
+        total += int(np.sum(valid))
+    ious = {c: tp[c] / (tp[c] + fp[c] + fn[c]) for c in range(n) if tp[c] + fp[c] + fn[c]}
+    return ious, sum(ious.values()) / len(ious), correct / total
+
+
+def gt_pairs(media: Path, name: str) -> list[tuple[Path, Path]]:
+    root = media / "parsing_gt" / name
+    pairs, unlabelled = find_pairs(root / "images", root / "labels")
+    assert not unlabelled
+    return pairs
+
+
+def shifted(truth: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """``truth`` moved right by dx and down by dy; uncovered pixels are background."""
+    out = np.zeros_like(truth)
+    h, w = truth.shape
+    out[dy:, dx:] = truth[:h - dy, :w - dx]
+    return out
+
+
+def test_hand_made_example():
+    truth = np.array([[0, 0, 1, 1],
+                      [0, 2, 2, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1],
+                     [0, 2, 0, 9]], np.uint8)
+    s = score_pairs([(pred, truth)], NAMES)
+    # bg: tp 2, truth 3, pred 3 -> 2/4; c1: tp 2, truth 2, pred 3 -> 2/3; c2: tp 1, truth 2,
+    # pred 1 -> 1/2. The pixel predicted 9 is not annotated (255): ignored.
+    assert s.iou[:3] == pytest.approx([2 / 4, 2 / 3, 1 / 2])
+    assert s.iou[9] is None and 9 in s.excluded
+    assert s.miou == pytest.approx((2 / 4 + 2 / 3 + 1 / 2) / 3)
+    assert s.pixel_accuracy == pytest.approx(5 / 7)
+    assert s.pixels == 7 and s.ignored == 1
+
+
+def test_unknown_predicted_ids_count_as_wrong():
+    truth = np.array([[1, 1, 0]], np.uint8)
+    pred = np.array([[1, 255, 0]], np.uint8)  # 255: "person, too small to parse"
+    s = score_pairs([(pred, truth)], NAMES[:3])
+    assert s.iou == [1.0, 0.5, None]
+    assert s.pixel_accuracy == pytest.approx(2 / 3)
+    assert s.predicted_pixels == [1, 1, 0]
+
+
+def test_truth_with_more_classes_than_names_grows():
+    truth = np.array([[0, 24]], np.uint8)
+    s = score_pairs([(truth, truth)], ("bg",))
+    assert len(s.iou) == 25 and s.classes[24] == "class 24" and s.miou == 1.0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(SourceError, match="does not match"):
+        Confusion(2).add(np.zeros((2, 3)), np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("name", ["cihp", "lip"])
+def test_ground_truth_scores_one(media, name):
+    truths = [load_label(label) for _, label in gt_pairs(media, name)]
+    s = score_pairs([(t, t) for t in truths], NAMES)
+    assert s.miou == 1.0 and s.pixel_accuracy == 1.0
+    present = sorted(set(np.unique(np.concatenate([t.ravel() for t in truths]))) - {255})
+    assert [c for c, v in enumerate(s.iou) if v is not None] == present
+    assert all(s.iou[c] == 1.0 for c in present)
+    assert s.pixels == sum(t.size for t in truths) - s.ignored
+
+
+@pytest.mark.parametrize("name", ["cihp", "lip"])
+def test_all_background_matches_hand_computation(media, name):
+    truths = [load_label(label) for _, label in gt_pairs(media, name)]
+    pairs = [(np.zeros_like(t), t) for t in truths]
+    s = score_pairs(pairs, NAMES)
+    ious, miou, acc = reference(pairs)
+    valid = sum(int(np.sum(t != 255)) for t in truths)
+    background = sum(int(np.sum(t == 0)) for t in truths)
+    # Closed form: background IoU = truth background / all annotated pixels, others 0.
+    assert ious[0] == pytest.approx(background / valid)
+    assert s.iou[0] == pytest.approx(background / valid, abs=1e-12)
+    assert all(s.iou[c] == 0.0 for c in ious if c)
+    assert s.miou == pytest.approx(miou, abs=1e-12)
+    assert s.miou == pytest.approx(background / valid / len(ious), abs=1e-12)
+    assert s.pixel_accuracy == pytest.approx(acc, abs=1e-12)
+    assert s.pixel_accuracy == pytest.approx(background / valid, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cihp", "lip"])
+def test_shifted_labels_match_hand_computation(media, name):
+    truths = [load_label(label) for _, label in gt_pairs(media, name)]
+    pairs = [(shifted(t, 7, 3), t) for t in truths]
+    s = score_pairs(pairs, NAMES)
+    ious, miou, acc = reference(pairs)
+    assert {c: v for c, v in enumerate(s.iou) if v is not None} == pytest.approx(ious,
+                                                                                abs=1e-12)
+    assert s.miou == pytest.approx(miou, abs=1e-12)
+    assert s.pixel_accuracy == pytest.approx(acc, abs=1e-12)
+    assert 0.0 < s.miou < 1.0
+
+
+def test_pairs_by_stem_and_their_errors(tmp_path):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    with pytest.raises(ConfigError, match="--images folder"):
+        find_pairs(tmp_path / "nope", labels)
+    Image.new("RGB", (8, 6)).save(images / "a.jpg")
+    Image.new("RGB", (8, 6)).save(images / "b.png")
+    with pytest.raises(SourceError, match="no image"):
+        find_pairs(images, labels)
+    Image.new("L", (8, 6)).save(labels / "a.png")
+    Image.new("L", (8, 6)).save(labels / "zzz.png")
+    pairs, unlabelled = find_pairs(images, labels)
+    assert [(i.name, lab.name) for i, lab in pairs] == [("a.jpg", "a.png")]
+    assert [p.name for p in unlabelled] == ["b.png"]
+    Image.new("RGB", (8, 6)).save(labels / "rgb.png")
+    with pytest.raises(SourceError, match="not single-channel"):
+        load_label(labels / "rgb.png")
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["--images", str(tmp_path / "nope"), "--labels", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --images folder") and "\n" not in err
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    Image.new("RGB", (8, 6)).save(images / "a.jpg")
+    assert main(["--images", str(images), "--labels", str(labels)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no image") and "\n" not in err
+
+
+def test_size_mismatch_is_one_error_line(tmp_path, capsys, tiny_single_model):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    Image.new("RGB", (40, 30)).save(images / "a.jpg")
+    Image.new("L", (30, 40)).save(labels / "a.png")
+    code = main(["--images", str(images), "--labels", str(labels), "--model",
+                 str(tiny_single_model), "--engine", "torch"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err.startswith("error: size mismatch: image a.jpg is 40x30 but label a.png is 30x40")
+    assert "\n" not in err
+
+
+def test_cli_table_and_json(media, tmp_path, tiny_single_model):
+    lip = media / "parsing_gt" / "lip"
+    out = tmp_path / "scores.json"
+    proc = subprocess.run(
+        [sys.executable, "run_stream.py", "eval", "--images", str(lip / "images"),
+         "--labels", str(lip / "labels"), "--model", str(tiny_single_model),
+         "--engine", "torch", "--threads", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["id", "class", "IoU", "truth", "px", "pred", "px"]
+    assert any(line.startswith("mIoU") and "excluded" in line for line in lines)
+    assert any(line.startswith("pixel accuracy") for line in lines)
+    data = json.loads(out.read_text())
+    assert data["images"] == 2 and len(data["per_image"]) == 2
+    assert data["model_kind"] == "single-person" and data["engine"] == "torch"
+    assert len(data["classes"]) == 20 and data["classes"][13]["name"] == "Face"
+    assert "excluded" in data["note"]
+    # The JSON numbers are the metric of the model's own label maps (same thread count, so the
+    # same arithmetic; the tolerance allows a few pixels on a decision boundary).
+    from streamer.evaluate import load_image
+    from streamer.parser import HumanParser, ParserOptions
+
+    parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="torch", threads=1))
+    pairs = [(parser.parse(load_image(i)).labels, load_label(lab))
+             for i, lab in find_pairs(lip / "images", lip / "labels")[0]]
+    ious, miou, acc = reference(pairs)
+    assert data["miou"] == pytest.approx(miou, abs=1e-3)
+    assert data["pixel_accuracy"] == pytest.approx(acc, abs=1e-4)
+    assert data["miou_classes"] == sorted(ious)
+
+
+def test_multi_person_model_and_hog_paths(media, tmp_path, capsys, tiny_multi_model,
+                                          tiny_single_model):
+    lip = media / "parsing_gt" / "lip"
+    args = ["--images", str(lip / "images"), "--labels", str(lip / "labels"),
+            "--engine", "torch"]
+    assert main([*args, "--model", str(tiny_multi_model), "--json",
+                 str(tmp_path / "m.json")]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["model_kind"] == "multi-person"
+    assert main([*args, "--model", str(tiny_single_model), "--detector", "hog",
+                 "--json", str(tmp_path / "h.json")]) == 0
+    assert json.loads((tmp_path / "h.json").read_text())["detector"] == "hog"
+    assert "mIoU" in capsys.readouterr().out
