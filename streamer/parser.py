@@ -39,6 +39,7 @@ from streamer.m2fp.preprocess import (
     to_multi_canvas,
     to_single_canvas,
 )
+from streamer.render import PERSON_ONLY
 from streamer.types import Box, ParseResult, Person
 
 log = logging.getLogger("streamer.parser")
@@ -51,6 +52,9 @@ class ParserOptions:
     threads: int = 0  # 0 = all cores
     batch_size: int = 4
     cache_dir: str | None = None
+    # People shorter than this (pixels) are not parsed: too few pixels for parts to mean
+    # anything. Their box is marked as "person" (PERSON_ONLY) instead. 0 parses everyone.
+    min_person_height: int = 40
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -60,6 +64,9 @@ class ParserOptions:
             raise ConfigError(f"parser.batch_size must be at least 1, not {self.batch_size}")
         if self.threads < 0:
             raise ConfigError(f"parser.threads must be 0 (all cores) or more, not {self.threads}")
+        if self.min_person_height < 0:
+            raise ConfigError(
+                f"parser.min_person_height must be 0 or more, not {self.min_person_height}")
 
 
 def load_network(model_dir: Path) -> tuple[M2FP, M2FPConfig]:
@@ -122,7 +129,12 @@ class HumanParser:
         h, w = image.shape[:2]
         labels = np.zeros((h, w), np.uint8)
         instances = np.zeros((h, w), np.uint16)
-        crops = [p for p in persons if p.box.width > 0 and p.box.height > 0]
+        visible = [p for p in persons if p.box.width > 0 and p.box.height > 0]
+        small = [p for p in visible if p.box.height < self.options.min_person_height]
+        crops = [p for p in visible if p.box.height >= self.options.min_person_height]
+        for p in small:
+            labels[p.box.y0:p.box.y1, p.box.x0:p.box.x1] = PERSON_ONLY
+            instances[p.box.y0:p.box.y1, p.box.x0:p.box.x1] = p.id
         maps = self.parse_crops([
             image[p.box.y0:p.box.y1, p.box.x0:p.box.x1] for p in crops])
         # Lowest score first, so a higher-scoring person overwrites where crops overlap.

@@ -231,3 +231,20 @@ def test_multi_person_model_parses_whole_frame(tiny_multi_model):
     for person in result.persons:
         assert 0 <= person.box.x0 < person.box.x1 <= 320
         assert 0 <= person.box.y0 < person.box.y1 <= 180
+
+
+def test_people_too_small_to_parse_are_marked_person_only(torch_parser):
+    from streamer.render import PERSON_ONLY
+
+    image = photo(8, 200, 200)
+    tall, short = Person(1, 0.9, Box(0, 0, 80, 150)), Person(2, 0.8, Box(120, 10, 140, 40))
+    result = torch_parser.parse(image, [tall, short])
+    assert (result.labels[10:40, 120:140] == PERSON_ONLY).all()
+    assert (result.instances[10:40, 120:140] == 2).all()
+    assert not (result.labels[0:150, 0:80] == PERSON_ONLY).any()
+    torch_parser.options.min_person_height = 0
+    try:
+        parsed = torch_parser.parse(image, [short])
+    finally:
+        torch_parser.options.min_person_height = 40
+    assert not (parsed.labels == PERSON_ONLY).any()
