@@ -206,11 +206,12 @@ def build_section(name: str, cls: type, raw: dict[str, Any]) -> Any:
         raise ConfigError(f"config section {name}: {exc}") from None
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` laid over ``base``, section by section (nested mappings merge)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -265,5 +266,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Defaults, then the YAML file at ``path``, then ``section.key=value`` overrides."""
     data: dict[str, Any] = read_yaml(path) if path else {}
     for text in overrides or []:
-        data = _merge(data, parse_override(text))
+        data = merge(data, parse_override(text))
     return config_from_dict(data)

@@ -36,7 +36,6 @@ from streamer.detect import PersonFinder
 from streamer.errors import ConfigError
 from streamer.metrics import RunMetrics
 from streamer.parser import HumanParser
-from streamer.propagate import shift_persons
 from streamer.render import Renderer
 from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
 from streamer.sources import Source, open_source
@@ -60,17 +59,6 @@ class Parsed:
     result: ParseResult | None
     fresh: bool
     velocities: dict[int, np.ndarray] = field(default_factory=dict)
-
-    def carried_to(self, frame_index: int) -> ParseResult | None:
-        """The result moved to where its people are expected on ``frame_index``."""
-        steps = frame_index - self.frame.index
-        if self.result is None or steps <= 0 or not self.velocities:
-            return self.result
-        offsets = {}
-        for pid, v in self.velocities.items():
-            dx, dy = (v[0] + v[2]) / 2 * steps, (v[1] + v[3]) / 2 * steps
-            offsets[pid] = (int(round(dx)), int(round(dy)))
-        return shift_persons(self.result, offsets)
 
 
 class DropOldestBuffer(FrameBuffer):

@@ -101,7 +101,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamer.config import Config, build_section, config_from_dict, parse_override, read_yaml
+from streamer.config import (
+    Config,
+    build_section,
+    config_from_dict,
+    merge,
+    parse_override,
+    read_yaml,
+)
 from streamer.detect import Detector, DetectorOptions, PersonFinder, make_detector
 from streamer.engines import file_digest
 from streamer.errors import ConfigError, ModelError, StreamerError
@@ -207,16 +214,6 @@ class ServeConfig:
         return int(self.max_upload_mb * (1 << 20))
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_settings(path: str | Path | None = None,
                   overrides: list[str] | None = None) -> tuple[Config, ServeConfig]:
     """The pipeline's :class:`Config` and the :class:`ServeConfig`, from one YAML file and
@@ -234,7 +231,7 @@ def load_settings(path: str | Path | None = None,
         if "serve" in item:
             serve_raw = {**serve_raw, **item["serve"]}
         else:
-            data = _merge(data, item)
+            data = merge(data, item)
     config = config_from_dict(data)
     settings: ServeConfig = build_section("serve", ServeConfig, serve_raw)
     if settings.token is None and os.environ.get("STREAMER_TOKEN", "").strip():
@@ -263,7 +260,7 @@ def stream_config(base: Config, raw: dict[str, Any] | None) -> Config:
             if allowed is not None and name not in allowed:
                 raise ConfigError(f"config key {section}.{name} cannot be set for a stream "
                                   f"(allowed in {section}: {', '.join(sorted(allowed))})")
-    config = config_from_dict(_merge(base.to_dict(), nested))
+    config = config_from_dict(merge(base.to_dict(), nested))
     config.output = dataclasses.replace(
         config.output, path=None, show=False, labels_dir=None, stats_jsonl=None, metrics=None,
         progress=False)

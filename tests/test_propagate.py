@@ -6,6 +6,7 @@ import numpy as np
 
 from streamer.pipeline import Parsed
 from streamer.propagate import shift_persons
+from streamer.temporal import Carrier
 from streamer.types import Box, Frame, ParseResult, Person
 
 
@@ -44,10 +45,17 @@ def test_no_motion_returns_the_same_result():
 
 
 def test_parsed_result_follows_velocity_to_a_later_frame():
+    # What the live view does with the last parse: the shift carrier moves it by velocity.
     result = two_people()
     frame = Frame(index=10, image=np.zeros((60, 80, 3), np.uint8), timestamp=0.4,
                   capture_time=0.0)
     parsed = Parsed(frame, result, True, {1: np.array([2.0, 0.0, 2.0, 0.0])})
-    assert parsed.carried_to(10) is result
-    later = parsed.carried_to(13)
+    carrier = Carrier(propagate="shift")
+
+    def carry(index: int) -> ParseResult | None:
+        return carrier.carry(frame.image, index, parsed.result, source_image=frame.image,
+                             source_index=parsed.frame.index, velocities=parsed.velocities)
+
+    assert carry(10) is result
+    later = carry(13)
     assert (later.instances[10:30, 16:26] == 1).all()
