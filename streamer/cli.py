@@ -22,7 +22,8 @@ EPILOG = """\
 subcommands:
   run_stream.py eval --images DIR --labels DIR [--model ...]   accuracy against ground truth
   run_stream.py serve [--host H --port P]                      web UI and REST API
-  run_stream.py batch --source 'videos/*.mp4' --output-dir out/  many files
+  run_stream.py batch --source 'videos/*.mp4' --output-dir out/ [--ray ADDRESS]
+                                                               many files, or many streams
 
 examples:
   run_stream.py --source clip.mp4 --output parsed.mp4 --model DIR
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override any config key, e.g. parser.engine=torch")
-    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime"),
+    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
     p.add_argument("--detector", choices=("hog", "torchvision", "full"),
                    help="person detector (detector.type); full parses whole frames")

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from streamer.detect import DetectorOptions
+from streamer.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.errors import ConfigError
 from streamer.parser import ParserOptions
 from streamer.render import OverlayStyle
@@ -47,9 +48,12 @@ class BufferConfig:
 
 @dataclass
 class ParseConfig:
-    """``every: N`` parses one frame in N and reuses the last result between them."""
+    """``every: N`` parses one frame in N and reuses the last result between them.
+    ``reuse_threshold``: a tracked person whose crop differs from the crop of their last parse
+    by less than this mean absolute grey level (0-255) keeps that parse (0: always parse)."""
 
     every: int = 1
+    reuse_threshold: float = 2.0
 
 
 @dataclass
@@ -96,7 +100,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "source.transport": ("tcp", "udp"),
     "buffer.policy": ("auto", "wait", "latest"),
     "detector.type": ("hog", "torchvision", "full"),
-    "parser.engine": ("torch", "torchscript", "onnxruntime"),
+    "parser.engine": ENGINES,
+    "parser.precision": PRECISIONS,
+    "parser.perf_hint": PERF_HINTS,
     "output.frames": ("all", "parsed"),
     "render.propagate": PROPAGATE_METHODS,
     "render.stability": STABILITY_MODES,
@@ -108,6 +114,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "buffer.size": (1, None),
     "parse.every": (1, None),
+    "parse.reuse_threshold": (0, 255),
     "detector.every": (1, None),
     "detector.max_persons": (1, None),
     "detector.pad": (0, 2),

@@ -207,6 +207,9 @@ class HogDetector:
         if factor < 1.0:
             small = cv2.resize(image, (round(w * factor), round(h * factor)),
                                interpolation=cv2.INTER_AREA)
+        win_w, win_h = self._hog.winSize
+        if small.shape[1] < win_w or small.shape[0] < win_h:
+            return []  # nobody fits the 64x128 window (and OpenCV crashes on such frames)
         rects, weights = self._hog.detectMultiScale(
             np.ascontiguousarray(small), hitThreshold=0.0, winStride=self.win_stride,
             padding=self.padding, scale=self.scale, groupThreshold=self.group_threshold)
@@ -357,13 +360,19 @@ def postprocess_boxes(boxes: Sequence[Box] | np.ndarray, frame_w: int, frame_h: 
             for i in order]
 
 
+def _round(x: np.ndarray | float) -> np.ndarray:
+    """Halves up (``floor(x + 0.5)``): whole-pixel moves then add up, whatever the start."""
+    return np.floor(np.asarray(x, np.float64) + 0.5)
+
+
 @dataclass
 class _Track:
     id: int
-    box: np.ndarray  # (4,) float: x0, y0, x1, y1 at the last detection
+    box: np.ndarray  # (4,) float: x0, y0, x1, y1 at the last detection (size smoothed)
     frame: int  # frame index of the last detection
     score: float
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # px per frame
+    # px per frame, x0, y0, x1, y1: the centre's motion on both corners (the size holds)
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
     hits: int = 1
     missed: int = 0
 
@@ -379,7 +388,13 @@ class IouTracker:
     tracks with fresh ids (1, 2, ...), and a track unmatched on more than ``max_missed``
     detector runs is removed. Between detector runs, :meth:`predict` moves each track's box
     along its constant-velocity estimate (an exponential average, weight ``smoothing``, of its
-    displacement per frame). Only tracks seen on the last detector run are returned.
+    centre's displacement per frame). Only tracks seen on the last detector run are returned.
+
+    A box keeps its size between detector runs, and on a detector run its size moves only
+    ``size_smoothing`` of the way to the detection's (its centre goes all the way): HOG's box
+    size jitters by a pyramid step or more from run to run, and a parse follows its crop, so a
+    box that breathes makes the overlay flicker. A size change of more than ``size_jump``
+    (0.25: a quarter) is taken at once, so a person who stands up is not cut off.
 
     Frame indices are optional; without them each call is taken as the next frame. Boxes are
     clamped to ``frame_size`` (width, height) once one has been given.
@@ -395,10 +410,13 @@ class IouTracker:
     """
 
     def __init__(self, iou_match: float = 0.3, max_missed: int = 5,
-                 smoothing: float = 0.5) -> None:
+                 smoothing: float = 0.5, size_smoothing: float = 0.5,
+                 size_jump: float = 0.25) -> None:
         self.iou_match = float(iou_match)
         self.max_missed = int(max_missed)
         self.smoothing = float(smoothing)
+        self.size_smoothing = float(size_smoothing)
+        self.size_jump = float(size_jump)
         self.tracks: list[_Track] = []
         self.frame_size: tuple[int, int] | None = None
         self._frame: int | None = None
@@ -454,14 +472,23 @@ class IouTracker:
         return [p for p in persons if p is not None]
 
     def _refresh(self, track: _Track, det: np.ndarray, frame: int) -> None:
+        centre = (det[:2] + det[2:4]) / 2
+        size = det[2:4] - det[:2]
         dt = frame - track.frame
         if dt > 0:
-            step = (det[:4] - track.box) / dt
+            step = np.tile(centre - (track.box[:2] + track.box[2:]) / 2, 2) / dt
             if track.hits == 1:
                 track.velocity = step
             else:
                 track.velocity = (1 - self.smoothing) * track.velocity + self.smoothing * step
-        track.box = det[:4].copy()
+        held = track.box[2:] - track.box[:2]
+        change = np.abs(size / np.maximum(held, 1e-6) - 1)
+        size = _round(np.where(change > self.size_jump, size,
+                               held + self.size_smoothing * (size - held)))
+        # Whole pixels on a detector run: the box then moves by exactly the rounded velocity
+        # times the frames since (as the carrier shifts a parse), never a pixel off.
+        corner = _round(centre - size / 2)
+        track.box = np.concatenate([corner, corner + size])
         track.frame = frame
         track.score = float(det[4])
         track.hits += 1
@@ -475,7 +502,9 @@ class IouTracker:
         return [p for p in persons if p is not None]
 
     def _person(self, track: _Track, box: np.ndarray) -> Person | None:
-        x0, y0, x1, y1 = (int(v) for v in np.round(box))
+        # Rounded as corner + size, so that a box moving at a steady size keeps it exactly.
+        x0, y0 = (int(v) for v in _round(box[:2]))
+        x1, y1 = x0 + int(_round(box[2] - box[0])), y0 + int(_round(box[3] - box[1]))
         if self.frame_size is not None:
             w, h = self.frame_size
             x0, x1 = min(max(x0, 0), w), min(max(x1, 0), w)

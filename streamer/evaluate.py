@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--labels", required=True, help="folder of ground-truth label PNGs")
     p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime"),
+    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
     p.add_argument("--detector", choices=("hog", "torchvision", "full"),
                    help="single-person model: find people first (default: the whole image is "

@@ -42,6 +42,8 @@ class RunMetrics:
     decode_errors: int = 0
     packets_corrupt: int = 0
     frames_corrupt: int = 0
+    crops_parsed: int = 0
+    crops_reused: int = 0
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     stages: dict[str, deque[float]] = field(
@@ -85,6 +87,8 @@ class RunMetrics:
             "packets_corrupt": self.packets_corrupt,
             "frames_corrupt": self.frames_corrupt,
             "reconnects": self.reconnects,
+            "crops_parsed": self.crops_parsed,
+            "crops_reused": self.crops_reused,
             "gap_seconds": round(self.gap_seconds, 3),
             "latency_ms": latency,
             "stages_ms": {s: percentiles(list(v)) for s, v in self.stages.items()},
@@ -106,7 +110,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         + (f"  damaged packets {summary['packets_corrupt']}"
            if summary.get("packets_corrupt") else "")
         + (f"  damaged frames {summary['frames_corrupt']}" if summary.get("frames_corrupt") else "")
-        + (f"  reconnects {summary['reconnects']}" if summary["reconnects"] else ""),
+        + (f"  reconnects {summary['reconnects']}" if summary["reconnects"] else "")
+        + (f"  crops reused {summary['crops_reused']}/"
+           f"{summary['crops_reused'] + summary['crops_parsed']}"
+           if summary.get("crops_reused") else ""),
         f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}",
     ]
     for stage, q in summary["stages_ms"].items():

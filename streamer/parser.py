@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamer.engines import ENGINES, Engine, create_engine
+from streamer.engines import Engine, check_engine_options, create_engine
 from streamer.errors import ConfigError
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
@@ -40,6 +40,7 @@ from streamer.m2fp.preprocess import (
     to_single_canvas,
 )
 from streamer.render import PERSON_ONLY
+from streamer.reuse import CropMemory
 from streamer.types import Box, ParseResult, Person
 
 log = logging.getLogger("streamer.parser")
@@ -47,8 +48,23 @@ log = logging.getLogger("streamer.parser")
 
 @dataclass
 class ParserOptions:
+    """How the network runs (the ``parser`` section of the configuration).
+
+    ``engine`` and ``precision`` pick the runtime (see streamer.engines for the pairs that
+    exist); ``perf_hint`` is OpenVINO's latency or throughput hint; ``threads`` 0 uses all
+    cores. The defaults are the fastest pair that agreed with fp32 torch on >= 99.5% of label
+    pixels in benchmarks/parse_bench.py on a 2-core AVX-512 CPU; ``python -m streamer.calibrate``
+    and the benchmark print the pair to use on another machine.
+
+    Example:
+        >>> ParserOptions().engine, ParserOptions().precision
+        ('openvino', 'fp32')
+    """
+
     model: str = "damo/cv_resnet101_image-single-human-parsing"
-    engine: str = "onnxruntime"
+    engine: str = "openvino"
+    precision: str = "fp32"
+    perf_hint: str = "latency"
     threads: int = 0  # 0 = all cores
     batch_size: int = 4
     cache_dir: str | None = None
@@ -57,9 +73,7 @@ class ParserOptions:
     min_person_height: int = 40
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ConfigError(
-                f"parser.engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        check_engine_options(self.engine, self.precision, self.perf_hint)
         if self.batch_size < 1:
             raise ConfigError(f"parser.batch_size must be at least 1, not {self.batch_size}")
         if self.threads < 0:
@@ -82,9 +96,23 @@ class HumanParser:
     def __init__(self, options: ParserOptions) -> None:
         self.options = options
         self.model_dir = resolve_model_dir(options.model)
-        self.net, self.cfg = load_network(self.model_dir)
+        self.cfg = load_model_config(self.model_dir)
         self.threads = options.threads or os.cpu_count() or 1
+        self._net: M2FP | None = None
         self._engines: dict[tuple[int, int], Engine] = {}
+        if self.single_person:
+            # One canvas: its engine now. A compiled engine found in the cache (keyed by the
+            # checkpoint's hash) needs no PyTorch network at all, which saves its memory.
+            self.warm_up()
+        else:
+            self.net  # noqa: B018  (the canvas follows the frame size: keep the network)
+
+    @property
+    def net(self) -> M2FP:
+        """The PyTorch network, loaded (with strict checks) on first use."""
+        if self._net is None:
+            self._net = load_network(self.model_dir)[0]
+        return self._net
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -95,14 +123,18 @@ class HumanParser:
         return self.cfg.single_human
 
     def engine_for(self, canvas_hw: tuple[int, int]) -> Engine:
+        """The engine for one canvas size, created (or loaded from the cache) on first use."""
         engine = self._engines.get(canvas_hw)
         if engine is None:
             engine = create_engine(
-                self.options.engine, self.net, canvas_hw, self.model_dir / CHECKPOINT_FILE,
-                threads=self.threads,
+                self.options.engine, lambda: self.net, canvas_hw,
+                self.model_dir / CHECKPOINT_FILE, threads=self.threads,
                 cache_dir=Path(self.options.cache_dir) if self.options.cache_dir else None,
+                precision=self.options.precision, perf_hint=self.options.perf_hint,
             )
             self._engines[canvas_hw] = engine
+            if self.single_person and self.options.engine != "torch":
+                self._net = None  # the engine holds its own copy of the weights
         return engine
 
     def warm_up(self, frame_hw: tuple[int, int] | None = None) -> None:
@@ -112,20 +144,30 @@ class HumanParser:
         elif frame_hw is not None:
             self.engine_for(multi_canvas_hw(*frame_hw))
 
-    def parse(self, image: np.ndarray, persons: list[Person] | None = None) -> ParseResult:
+    def parse(
+        self,
+        image: np.ndarray,
+        persons: list[Person] | None = None,
+        *,
+        memory: CropMemory | None = None,
+    ) -> ParseResult:
         """Parse one RGB frame; ``persons`` are the regions to parse with the single model.
 
         With the single-person model and no ``persons``, the whole image is one person. The
-        multi-person model always parses the whole frame and finds people itself.
+        multi-person model always parses the whole frame and finds people itself. With a
+        ``memory``, a tracked person whose crop barely changed since their last parse keeps
+        that parse instead of being parsed again.
         """
         if not self.single_person:
             return self._parse_multi(image)
         h, w = image.shape[:2]
         if persons is None:
             persons = [Person(1, 1.0, Box(0, 0, w, h))]
-        return self._parse_crops(image, persons)
+        return self._parse_crops(image, persons, memory)
 
-    def _parse_crops(self, image: np.ndarray, persons: list[Person]) -> ParseResult:
+    def _parse_crops(
+        self, image: np.ndarray, persons: list[Person], memory: CropMemory | None = None,
+    ) -> ParseResult:
         h, w = image.shape[:2]
         labels = np.zeros((h, w), np.uint8)
         instances = np.zeros((h, w), np.uint16)
@@ -135,13 +177,23 @@ class HumanParser:
         for p in small:
             labels[p.box.y0:p.box.y1, p.box.x0:p.box.x1] = PERSON_ONLY
             instances[p.box.y0:p.box.y1, p.box.x0:p.box.x1] = p.id
-        maps = self.parse_crops([
-            image[p.box.y0:p.box.y1, p.box.x0:p.box.x1] for p in crops])
+        pixels = [image[p.box.y0:p.box.y1, p.box.x0:p.box.x1] for p in crops]
+        maps: list[np.ndarray | None] = (
+            [memory.recall(p, c) for p, c in zip(crops, pixels, strict=True)] if memory is not None
+            else [None] * len(crops))
+        todo = [i for i, m in enumerate(maps) if m is None]
+        fresh = self.parse_crops([pixels[i] for i in todo])
+        for i, parsed in zip(todo, fresh, strict=True):
+            maps[i] = parsed
+            if memory is not None:
+                memory.remember(crops[i], pixels[i], parsed)
         # Lowest score first, so a higher-scoring person overwrites where crops overlap.
         for i in sorted(range(len(crops)), key=lambda i: crops[i].score):
             b = crops[i].box
-            fg = maps[i] != 0
-            labels[b.y0:b.y1, b.x0:b.x1][fg] = maps[i][fg]
+            crop_labels = maps[i]
+            assert crop_labels is not None
+            fg = crop_labels != 0
+            labels[b.y0:b.y1, b.x0:b.x1][fg] = crop_labels[fg]
             instances[b.y0:b.y1, b.x0:b.x1][fg] = crops[i].id
         return ParseResult(labels, self.classes, instances, list(persons))
 

@@ -1,8 +1,10 @@
 """The stream pipeline: source -> person finder -> parser -> renderer -> sinks.
 
-Three threads overlap the work: a reader decodes frame t+1 while a worker detects and parses
-frame t and the caller's thread renders and encodes frame t-1. Bounded buffers join them, and
-the buffer policy decides what happens when parsing is slower than the source:
+Threads overlap the work: a reader decodes frames ahead, a detector finds the people in frame
+t+1 while the parser parses frame t, and the caller's thread renders and encodes frame t-1
+(live sources detect and parse the newest frame in one thread, to keep latency down). Bounded
+buffers join them, and the buffer policy decides what happens when parsing is slower than the
+source:
 
 - ``wait`` (files): the reader blocks; every frame is parsed (or one in ``parse.every``) and
   written, in order. Nothing is dropped.
@@ -37,10 +39,11 @@ from streamer.errors import ConfigError
 from streamer.metrics import RunMetrics
 from streamer.parser import HumanParser
 from streamer.render import Renderer
+from streamer.reuse import CropMemory
 from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
 from streamer.sources import Source, open_source
 from streamer.temporal import Carrier
-from streamer.types import Frame, ParseResult
+from streamer.types import Frame, ParseResult, Person
 
 log = logging.getLogger("streamer.pipeline")
 
@@ -59,6 +62,15 @@ class Parsed:
     result: ParseResult | None
     fresh: bool
     velocities: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Detected:
+    """A frame with the people found in it (``None``: parse the whole frame)."""
+
+    frame: Frame
+    persons: list[Person] | None
+    velocities: dict[int, np.ndarray]
 
 
 class DropOldestBuffer(FrameBuffer):
@@ -82,6 +94,8 @@ class Pipeline:
     """A configured run over one source. Iterate for ``(frame, result)`` or call :meth:`run`.
 
     ``parser`` may be passed in to share one loaded model between runs (tests, services).
+    With ``overlap_detection`` (files), a detector thread finds the people in frame t+1 while
+    the parser works on frame t.
     """
 
     def __init__(
@@ -90,8 +104,10 @@ class Pipeline:
         source: str | None = None,
         *,
         parser: HumanParser | None = None,
+        overlap_detection: bool = True,
     ) -> None:
         self.config = config
+        self.overlap_detection = overlap_detection
         self.uri = source if source is not None else config.source.uri
         if self.uri is None or str(self.uri) == "":
             raise ConfigError("no source given: pass --source or set source.uri")
@@ -161,34 +177,64 @@ class Pipeline:
             for out in outputs:
                 out.finish(error)
 
-    def _work(self, inbox: FrameBuffer, outbox: FrameBuffer | None, every: int) -> None:
+    def _whole_frame(self) -> bool:
+        return self.config.detector.type == "full" or not self.parser.single_person
+
+    def _find(self, finder: PersonFinder, frame: Frame) -> Detected:
+        """The people in one frame, with their tracked box motion (timed as ``detect``)."""
+        if self._whole_frame():
+            return Detected(frame, None, {})
+        started = time.perf_counter()
+        persons = finder.find(frame.image, frame.index)
+        self.metrics.add_stage("detect", time.perf_counter() - started)
+        velocities = {t.id: t.velocity.copy() for t in finder.tracker.tracks if t.missed == 0}
+        return Detected(frame, persons, velocities)
+
+    def _parse(self, detected: Detected, memory: CropMemory) -> ParseResult:
+        started = time.perf_counter()
+        memory.tick()
+        result = self.parser.parse(detected.frame.image, detected.persons, memory=memory)
+        self.metrics.add_stage("parse", time.perf_counter() - started)
+        self.metrics.frames_parsed += 1
+        self.metrics.crops_reused = memory.reused
+        self.metrics.crops_parsed = memory.parsed
+        return result
+
+    def _detect(self, inbox: FrameBuffer, outbox: FrameBuffer) -> None:
+        """Files: detects frame t+1 while the parser thread works on frame t."""
         finder = PersonFinder(self.config.detector)
-        parser = self.parser
-        whole_frame = self.config.detector.type == "full" or not parser.single_person
+        error: BaseException | None = None
+        try:
+            while (frame := inbox.get()) is not None:
+                if not outbox.put(self._find(finder, frame)):
+                    break
+        except BaseException as exc:  # handed down the line, raised by the consumer
+            error = exc
+            inbox.close()
+        finally:
+            outbox.finish(error)
+
+    def _work(self, inbox: FrameBuffer, outbox: FrameBuffer | None, every: int,
+              detect: bool) -> None:
+        """Parses one frame in ``every``; with ``detect``, finds the people first (live)."""
+        finder = PersonFinder(self.config.detector) if detect else None
+        memory = CropMemory(self.config.parse.reuse_threshold)
         error: BaseException | None = None
         last: ParseResult | None = None
         seen = 0
         try:
             while True:
-                frame = inbox.get()
-                if frame is None:
+                got = inbox.get()
+                if got is None:
                     break
+                detected = self._find(finder, got) if finder is not None else got
                 parse_now = seen % every == 0
                 seen += 1
-                persons = None
-                if not whole_frame:
-                    started = time.perf_counter()
-                    persons = finder.find(frame.image, frame.index)
-                    self.metrics.add_stage("detect", time.perf_counter() - started)
                 if parse_now:
-                    started = time.perf_counter()
-                    last = parser.parse(frame.image, persons)
-                    self.metrics.add_stage("parse", time.perf_counter() - started)
-                    self.metrics.frames_parsed += 1
-                item = Parsed(frame, last, parse_now)
-                if parse_now and persons:
-                    item.velocities = {t.id: t.velocity.copy() for t in finder.tracker.tracks
-                                       if t.missed == 0}
+                    last = self._parse(detected, memory)
+                item = Parsed(detected.frame, last, parse_now)
+                if parse_now and detected.persons:
+                    item.velocities = detected.velocities
                 if parse_now:
                     with self._latest_lock:
                         self._latest = item
@@ -254,7 +300,13 @@ class Pipeline:
         self._buffers = [inbox, outbox]
         every = 1 if policy is BufferPolicy.LATEST else cfg.parse.every
         self._start(self._read, source, [inbox], name="streamer-reader")
-        self._start(self._work, inbox, outbox, every, name="streamer-parser")
+        if self.overlap_detection and policy is BufferPolicy.WAIT:
+            detected = make_buffer(BufferPolicy.WAIT, 2)
+            self._buffers.insert(1, detected)
+            self._start(self._detect, inbox, detected, name="streamer-detector")
+            self._start(self._work, detected, outbox, every, False, name="streamer-parser")
+        else:
+            self._start(self._work, inbox, outbox, every, True, name="streamer-parser")
         only_parsed = cfg.output.frames == "parsed"
         carrier = Carrier.from_config(cfg.render)  # render.propagate / render.stability
         while (item := outbox.get()) is not None:
@@ -270,7 +322,9 @@ class Pipeline:
         display = DropOldestBuffer(cfg.buffer.size)
         self._buffers = [parse_slot, display]
         self._start(self._read, source, [parse_slot, display], name="streamer-reader")
-        self._start(self._work, parse_slot, None, 1, name="streamer-parser")
+        # Live: detect and parse the newest frame back to back; detecting ahead would add a
+        # whole parse time to the latency of what is shown.
+        self._start(self._work, parse_slot, None, 1, True, name="streamer-parser")
         carrier = Carrier.from_config(cfg.render)  # render.propagate / render.stability
         while (frame := display.get()) is not None:
             if self._worker_error is not None:

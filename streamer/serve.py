@@ -564,6 +564,7 @@ class ParsePool:
         opts = dataclasses.asdict(self.parser_options)
         settings = {
             "engine": opts["engine"],
+            "precision": opts["precision"],  # bf16 and int8 label maps differ from fp32
             "detector": dataclasses.asdict(self.detector_options),
             "model": digest,
             "version": CACHE_VERSION,

@@ -6,7 +6,9 @@ Parsing is slower than video, so most frames are shown with the parse of an earl
 
 - ``none``: the last parse as it is;
 - ``shift``: each person's labels move with the person's tracked box
-  (:func:`streamer.propagate.shift_persons`);
+  (:func:`streamer.propagate.shift_persons`); the tracker moves a box at a steady size, by
+  the same whole pixels, so a parse made on a detector run, shifted, sits exactly on the crop
+  the parser would take on the later frame;
 - ``flow``: each person's labels are warped by dense optical flow (OpenCV's DIS, preset
   ``ultrafast`` with its finest scale at 1/2) computed inside that person's box, shrunk so its
   long side is at most 256 px. Every shown frame is warped straight from the frame where the
@@ -14,8 +16,9 @@ Parsing is slower than video, so most frames are shown with the parse of an earl
   the previous frame found the person, give the flow its starting point, so large moves are
   found too. Labels are sampled nearest-neighbour: class ids never blend. Where there is no
   flow (a scene cut, found by a frame-difference threshold, or a region too small), the
-  person is shifted by box motion instead. About 7 ms per 720p frame with 3 people of
-  450 px on 2 busy cores (synthetic frames; ``benchmarks/temporal_bench.py`` times real clips).
+  person is shifted by box motion instead. About 6.5 ms per 720p frame with 3 people of
+  450 px on 2 busy cores (``shift``: 2 ms; ``benchmarks/temporal_bench.py``,
+  ``ms_per_frame_720p_3_people``).
 
 And optional stability (``render.stability``), applied when a new parse lands for a person
 already on screen, pixel by pixel inside that person's box:
@@ -517,9 +520,12 @@ class Carrier:
     def _offsets(velocity: Mapping[int, tuple[float, float]], steps: int,
                  done: int = 0) -> dict[int, tuple[int, int]]:
         """Box motion from ``done`` to ``steps`` frames after the parse, in whole pixels
-        (rounded cumulatively, so many small steps add up to the one big step)."""
-        return {pid: (int(round(vx * steps)) - int(round(vx * done)),
-                      int(round(vy * steps)) - int(round(vy * done)))
+        (rounded cumulatively, so many small steps add up to the one big step; halves up, as
+        :class:`~streamer.detect.IouTracker` rounds its boxes, so the two move together)."""
+        def whole(x: float) -> int:
+            return math.floor(x + 0.5)
+
+        return {pid: (whole(vx * steps) - whole(vx * done), whole(vy * steps) - whole(vy * done))
                 for pid, (vx, vy) in velocity.items()}
 
     def _motions(self, result: ParseResult, source: np.ndarray, target: np.ndarray,

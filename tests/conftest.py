@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,9 +13,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = ROOT.parent / "shared" / "media"
 
 
+_RUN_DIRS: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    # Compiled engines go to a per-run cache, never to the user's ~/.cache.
-    os.environ.setdefault("STREAMER_CACHE", tempfile.mkdtemp(prefix="streamer-test-cache-"))
+    # Compiled engines and ModelScope's cache go to per-run folders, never to the user's
+    # ~/.cache, and are removed at the end of the run.
+    for var, prefix in (("STREAMER_CACHE", "streamer-test-cache-"),
+                        ("MODELSCOPE_CACHE", "modelscope-cache-")):
+        if var not in os.environ:
+            os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+            _RUN_DIRS.append(os.environ[var])
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _RUN_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

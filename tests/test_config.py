@@ -15,7 +15,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("name", ["default", "file", "rtsp", "webcam"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")
-    assert config.parser.engine in ("torch", "torchscript", "onnxruntime")
+    assert config.parser.engine in ("torch", "torchscript", "onnxruntime", "openvino")
 
 
 def test_default_yaml_lists_the_defaults():

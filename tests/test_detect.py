@@ -275,3 +275,10 @@ def test_torchvision_weights_missing_is_one_line_user_error(
     assert isinstance(info.value, StreamerError) and "\n" not in message
     assert "ssdlite320_mobilenet_v3_large_coco-a79551df.pth" in message
     assert "detector.type=hog" in message
+
+
+def test_hog_on_a_frame_smaller_than_its_window_finds_nobody():
+    """OpenCV's detectMultiScale crashes the process on frames under 64x128; we never call it."""
+    from streamer.detect import HogDetector
+
+    assert HogDetector().detect(np.zeros((64, 96, 3), np.uint8)) == []

@@ -48,12 +48,12 @@ class SleepyParser:
     def warm_up(self, frame_hw=None) -> None:
         self.inner.warm_up(frame_hw)
 
-    def parse(self, image, persons=None):
+    def parse(self, image, persons=None, memory=None):
         self.calls += 1
         if self.fail_at is not None and self.calls >= self.fail_at:
             raise RuntimeError("parser exploded")
         time.sleep(self.delay)
-        return self.inner.parse(image, persons)
+        return self.inner.parse(image, persons, memory=memory)
 
 
 def test_file_every_frame_written_with_timestamps_and_audio(tmp_path, tiny_single_model, parser):
@@ -182,3 +182,23 @@ def test_timestamps_survive_a_variable_frame_rate_container(tmp_path, tiny_singl
     config = config_for(tiny_single_model, "detector.type=full", f"output.path='{out}'")
     Pipeline(config, str(clip), parser=parser).run()
     assert probe(out)["times"] == pytest.approx(probe(clip)["times"], abs=2e-3)
+
+
+def test_detector_thread_ahead_of_the_parser_changes_nothing(tmp_path, media, tiny_single_model,
+                                                             parser):
+    """Files detect frame t+1 on their own thread while frame t is parsed: same output."""
+    clip = media / "videos" / "mmaction2_basketball.mp4"
+    config = config_for(tiny_single_model, "parse.every=6")
+    runs = {}
+    for overlap in (True, False):
+        pipeline = Pipeline(config, str(clip), parser=parser, overlap_detection=overlap)
+        runs[overlap] = [(f.index, [p.box for p in r.persons], r.labels.copy())
+                         for f, r in pipeline]
+        assert {t.name for t in pipeline._threads} >= (
+            {"streamer-detector"} if overlap else {"streamer-parser"})
+    assert len(runs[True]) == len(runs[False]) == 300
+    assert any(boxes for _, boxes, _ in runs[True])  # HOG finds the players
+    for (i, boxes_a, labels_a), (j, boxes_b, labels_b) in zip(runs[True], runs[False],
+                                                              strict=True):
+        assert i == j and boxes_a == boxes_b
+        assert np.array_equal(labels_a, labels_b)

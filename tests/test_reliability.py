@@ -343,11 +343,11 @@ class FailingParser:
     def warm_up(self, frame_hw=None) -> None:
         self.inner.warm_up(frame_hw)
 
-    def parse(self, image, persons=None):
+    def parse(self, image, persons=None, memory=None):
         self.calls += 1
         if self.calls >= self.fail_at:
             raise RuntimeError("parser exploded")
-        return self.inner.parse(image, persons)
+        return self.inner.parse(image, persons, memory=memory)
 
 
 def test_worker_error_on_a_live_run_stops_cleanly(tmp_path: Path, tiny_single_model: Path):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 import pytest
 from media_helpers import make_clip
 
 from streamer import Pipeline, load_config
+from streamer.detect import IouTracker
 from streamer.errors import ConfigError
 from streamer.propagate import shift_persons
 from streamer.temporal import (
@@ -147,8 +150,10 @@ def test_shift_carrier_moves_by_the_box_centre_velocity():
     carrier = Carrier("shift")
     for index in (10, 11, 13, 17):
         steps = index - 10
-        # The box centre moves by the mean of its edges' velocities, rounded to whole pixels.
-        expected = shift_persons(res0, {1: (round(2.0 * steps), round(0.5 * steps))})
+        # The box centre moves by the mean of its edges' velocities, rounded to whole pixels
+        # (halves up, as the tracker rounds its boxes).
+        expected = shift_persons(res0, {1: (math.floor(2.0 * steps + 0.5),
+                                            math.floor(0.5 * steps + 0.5))})
         ours = carrier.carry(img0, index, res0, source_image=img0, source_index=10,
                              velocities=v)
         assert np.array_equal(ours.labels, expected.labels)
@@ -283,3 +288,30 @@ def test_live_pipeline_with_flow_and_stability(tmp_path, tiny_single_model):
                                 "render.stability=blend", f"output.path='{tmp_path / 'o.mp4'}'"])
     summary = Pipeline(config, str(clip), parser=parser).run()
     assert summary["frames_read"] == summary["frames_written"] == 25
+
+
+def test_tracked_boxes_hold_their_size_and_move_with_the_shifted_parse():
+    """The tracker moves a box at a steady size between detector runs and only half-follows a
+    detection's size jitter: a crop between runs is the parsed crop moved, not rescaled, and
+    moved by exactly what ``shift`` moves the parse by."""
+    tracker = IouTracker()
+    tracker.update([Box(100, 50, 160, 170, 0.9)], frame_index=0, frame_size=(640, 480))
+    # Six frames on, the detector's box is a pyramid step (5%) bigger, centre 7.5 px right.
+    seen = tracker.update([Box(106, 47, 169, 173, 0.9)], frame_index=6)[0].box
+    assert (seen.x0, seen.y0, seen.width, seen.height) == (107, 49, 62, 123)  # size: halfway
+    between = [tracker.predict(frame_index=f)[0].box for f in range(7, 12)]
+    assert {(b.width, b.height) for b in between} == {(62, 123)}
+    assert [b.x0 for b in between] == [108, 110, 111, 112, 113]  # 1.25 px per frame
+    assert {b.y0 for b in between} == {49}
+    # The parse of frame 6, shifted by the carrier, lands on each later box exactly.
+    labels = np.zeros((480, 640), np.uint8)
+    labels[seen.y0:seen.y1, seen.x0:seen.x1] = 5
+    parse = ParseResult(labels, CLASSES, (labels != 0).astype(np.uint16),
+                        [Person(1, 0.9, seen)])
+    image = np.zeros((480, 640, 3), np.uint8)
+    carrier = Carrier("shift")
+    carrier.carry(image, 6, parse, velocities={1: tracker.tracks[0].velocity})
+    assert [carrier.carry(image, f, parse).persons[0].box for f in range(7, 12)] == between
+    # A lasting size change of more than a quarter (somebody stands up) is taken at once.
+    tall = tracker.update([Box(114, 10, 176, 195, 0.9)], frame_index=12)[0].box
+    assert tall == Box(114, 10, 176, 195, 0.9)

@@ -1,0 +1,152 @@
+"""The OpenVINO engine, engine/precision options and their errors (tiny random-weight model)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.config import load_config
+from streamer.engines import cpu_has_bf16, default_cache_dir, int8_model_path
+from streamer.errors import ConfigError
+from streamer.parser import HumanParser, ParserOptions
+
+pytest.importorskip("openvino", reason="the openvino engine needs pip install openvino")
+
+
+def photo(seed: int, h: int, w: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
+    return np.kron(coarse, np.ones((16, 16, 1), np.uint8))[:h, :w].copy()
+
+
+CROPS = [photo(s, 180 + 90 * s, 90 + 50 * s) for s in range(4)]  # the last is shrunk to fit
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_single_model) -> list[np.ndarray]:
+    return HumanParser(ParserOptions(model=str(tiny_single_model), engine="torch")
+                       ).parse_crops(CROPS)
+
+
+@pytest.fixture(scope="module")
+def cache() -> Path:
+    """The test session's engine cache (conftest), so the tiny model is exported once."""
+    return default_cache_dir()
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float((a == b).mean())
+
+
+def test_openvino_fp32_agrees_with_torch_one_by_one_and_batched(
+        tiny_single_model, reference, cache):
+    parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
+                                       batch_size=1, cache_dir=str(cache)))
+    single = parser.parse_crops(CROPS)
+    parser.options.batch_size = 4
+    split = parser.parse_crops(CROPS)  # one engine call, run crop by crop on the batch-1 model
+    engine = parser.engine_for(parser.cfg.canvas_hw)
+    assert not engine.static_batches and set(engine._compiled) == {1}
+    engine.static_batches = True
+    batched = parser.parse_crops(CROPS)  # a static shape compiled for 4 crops
+    assert set(engine._compiled) == {1, 4}
+    for maps in (single, split, batched):
+        for got, ref in zip(maps, reference, strict=True):
+            assert agreement(got, ref) >= 0.995
+
+
+def test_compiled_model_is_cached_and_not_rebuilt(tiny_single_model, cache, tmp_path):
+    for onnx in cache.glob("*.onnx"):  # the export is not what is tested here
+        shutil.copy(onnx, tmp_path)
+    options = ParserOptions(model=str(tiny_single_model), engine="openvino", batch_size=2,
+                            cache_dir=str(tmp_path))
+    first = HumanParser(options)
+    before = first.parse_crops(CROPS[:2])
+    assert first.engine_for(first.cfg.canvas_hw).compiled_now == [1]
+    blobs = {p: p.stat().st_mtime_ns for p in tmp_path.glob("openvino-*.blob")}
+    assert len(blobs) == 1
+    # The second start imports the compiled blob: no compiling, and not even the ONNX export
+    # it was compiled from is read again.
+    for onnx in tmp_path.glob("*.onnx"):
+        onnx.unlink()
+    second = HumanParser(options)
+    after = second.parse_crops(CROPS[:2])
+    assert second.engine_for(second.cfg.canvas_hw).compiled_now == []
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("openvino-*.blob")} == blobs
+    assert not list(tmp_path.glob("*.onnx"))
+    for a, b in zip(before, after, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_cache_key_separates_precision_and_hint(tiny_single_model, cache):
+    made = set()
+    for precision, hint in [("fp32", "latency"), ("fp32", "throughput"), ("bf16", "latency")]:
+        parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
+                                           precision=precision, perf_hint=hint,
+                                           cache_dir=str(cache)))
+        made.add(parser.engine_for(parser.cfg.canvas_hw).blob_path(1).name)
+    assert len(made) == (3 if cpu_has_bf16() else 2)  # bf16 without the CPU support is fp32
+
+
+def test_throughput_hint_runs_crops_on_parallel_requests(tiny_single_model, reference,
+                                                         cache):
+    parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
+                                       perf_hint="throughput", batch_size=4,
+                                       cache_dir=str(cache)))
+    maps = parser.parse_crops(CROPS)
+    engine = parser.engine_for(parser.cfg.canvas_hw)
+    assert set(engine._compiled) == {1}  # crops are spread over requests, not batched
+    assert len(engine._requests[1]) >= 1
+    for got, ref in zip(maps, reference, strict=True):
+        assert agreement(got, ref) >= 0.995
+
+
+def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_single_model, reference, cache, caplog):
+    with caplog.at_level(logging.WARNING, logger="streamer.engines"):
+        parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
+                                           precision="bf16", cache_dir=str(cache)))
+        maps = parser.parse_crops(CROPS[:2])
+    engine = parser.engine_for(parser.cfg.canvas_hw)
+    hint = str(engine.compiled(1).get_property("INFERENCE_PRECISION_HINT"))
+    if cpu_has_bf16():
+        assert engine.precision == "bf16" and "bfloat16" in hint
+    else:
+        assert engine.precision == "fp32" and "float32" in hint
+        assert "no native bf16" in caplog.text
+    # bf16 label maps are not held to the gate (random weights make them fragile); they must
+    # still be label maps of the crop, mostly like fp32's.
+    for got, ref in zip(maps, reference, strict=False):
+        assert got.shape == ref.shape and agreement(got, ref) > 0.5
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["parser.engine=torch", "parser.precision=int8"], "parser.precision"),
+    (["parser.engine=onnxruntime", "parser.precision=bf16"], "parser.precision"),
+    (["parser.precision=fp16"], "parser.precision"),
+    (["parser.perf_hint=fastest"], "parser.perf_hint"),
+    (["parser.engine=tensorrt"], "parser.engine"),
+])
+def test_unsupported_settings_are_config_errors_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert key in str(err.value) and "\n" not in str(err.value)
+
+
+def test_int8_without_calibration_says_how_to_calibrate(tiny_single_model, tmp_path):
+    for engine in ("onnxruntime", "openvino"):
+        options = ParserOptions(model=str(tiny_single_model), engine=engine,
+                                precision="int8", cache_dir=str(tmp_path))
+        with pytest.raises(ConfigError) as err:  # the single-person engine is built at once
+            HumanParser(options)
+        text = str(err.value)
+        assert "\n" not in text
+        assert "parser.precision int8" in text
+        assert f"python -m streamer.calibrate --model {tiny_single_model}" in text
+        assert f"--engine {engine}" in text
+        assert not int8_model_path(engine, tiny_single_model / "pytorch_model.pt",
+                                   (512, 384), tmp_path).exists()
