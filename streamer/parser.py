@@ -83,11 +83,11 @@ class ParserOptions:
                 f"parser.min_person_height must be 0 or more, not {self.min_person_height}")
 
 
-def load_network(model_dir: Path) -> tuple[M2FP, M2FPConfig]:
-    cfg = load_model_config(model_dir)
+def load_network(model_dir: Path, cfg: M2FPConfig) -> M2FP:
+    """The PyTorch network of ``cfg`` with the checkpoint in ``model_dir`` (strict checks)."""
     net = M2FP(cfg).eval()
     load_weights(net, model_dir)
-    return net, cfg
+    return net
 
 
 class HumanParser:
@@ -111,7 +111,7 @@ class HumanParser:
     def net(self) -> M2FP:
         """The PyTorch network, loaded (with strict checks) on first use."""
         if self._net is None:
-            self._net = load_network(self.model_dir)[0]
+            self._net = load_network(self.model_dir, self.cfg)
         return self._net
 
     @property
