@@ -34,14 +34,13 @@ import resource
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
-import av
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+
+from media_helpers import first_frames  # noqa: E402
 
 from streamer import Pipeline, load_config  # noqa: E402
 from streamer.batch import BatchRunner, BatchSettings, plan_batch  # noqa: E402
@@ -55,29 +54,6 @@ MEDIA = ROOT.parent / "shared" / "media" / "videos"
 CLIPS = ("chaplin_bw.mp4:24", "mmaction2_basketball.mp4:48", "sam2_juggle.mp4:60",
          "sam2_bedroom_kids.mp4:8")
 FULL_MODEL = Path("/tmp/bench_model")
-
-
-def cut(src: Path, dst: Path, frames: int) -> Path:
-    """The first ``frames`` frames of ``src``, re-encoded (H.264, same size and rate)."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        stream = inp.streams.video[0]
-        rate = Fraction(stream.average_rate or 25).limit_denominator(1001)
-        video = out.add_stream("libx264", rate=rate)
-        video.width = stream.codec_context.width // 2 * 2
-        video.height = stream.codec_context.height // 2 * 2
-        video.pix_fmt = "yuv420p"
-        video.codec_context.options = {"preset": "veryfast", "crf": "18"}
-        for i, frame in enumerate(inp.decode(stream)):
-            if i == frames:
-                break
-            image = frame.to_ndarray(format="rgb24")[: video.height, : video.width]
-            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            picture.pts, picture.time_base = i, 1 / rate
-            for packet in video.encode(picture):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
-    return dst
 
 
 def load() -> list[float]:
@@ -170,7 +146,7 @@ def main() -> None:
     missing = [n for n in names if not (MEDIA / n).is_file()]
     if missing:
         raise SystemExit(f"clips not found in {MEDIA}: {', '.join(missing)}")
-    clips = [cut(MEDIA / n, work / n, wanted[n]) for n in names]
+    clips = [first_frames(MEDIA / n, work / n, wanted[n], preset="veryfast") for n in names]
     sets = [f"parser.model='{model}'", f"parser.engine={args.engine}",
             "output.progress=false"]
 

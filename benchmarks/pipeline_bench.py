@@ -40,7 +40,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media" / "videos"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+
+from media_helpers import first_frames  # noqa: E402
 
 # name -> people in view (MANIFEST.tsv); the crowd clip (~40 people) is outside 1-8.
 CLIPS = {
@@ -64,27 +65,6 @@ CLIPS = {
 
 
 # ----------------------------------------------------------------------------- helpers
-def trim(src: Path, dst: Path, frames: int) -> int:
-    """Re-encode the first ``frames`` frames of ``src`` (near-lossless), keeping the rate."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        vin = inp.streams.video[0]
-        rate = vin.average_rate or Fraction(25)
-        vout = out.add_stream("libx264", rate=rate)
-        vout.width, vout.height, vout.pix_fmt = vin.width, vin.height, "yuv420p"
-        vout.options = {"crf": "12", "preset": "ultrafast"}
-        n = 0
-        for frame in inp.decode(vin):
-            if n >= frames:
-                break
-            image = frame.to_ndarray(format="rgb24")
-            for packet in vout.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                out.mux(packet)
-            n += 1
-        for packet in vout.encode():
-            out.mux(packet)
-    return n
-
-
 def spread_frames(path: Path, count: int) -> list[np.ndarray]:
     """``count`` RGB frames spread evenly over the clip."""
     with av.open(str(path)) as c:
@@ -223,7 +203,7 @@ def main() -> int:
         for name in clips:
             path = MEDIA / name
             trimmed = work / f"{Path(name).stem}.mp4"
-            n = trim(path, trimmed, frames)
+            first_frames(path, trimmed, frames, crf=12)
             sample = spread_frames(path, stock_frames)
             stock(sample[0])  # warm-up
             stock_times = []
@@ -238,7 +218,7 @@ def main() -> int:
             results[name] = {
                 "people": CLIPS.get(name, "?"),
                 "resolution": f"{w}x{h}",
-                "frames": n,
+                "frames": ours["frames"],
                 "stock_frame_s": round(stock_s, 3),
                 "stock_frames": len(stock_times),
                 "streamer_frame_s": ours["frame_s"],

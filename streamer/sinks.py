@@ -291,7 +291,7 @@ class VideoFileSink:
             # Stop while the encoder's last frames and the index still fit: the file plays.
             self.close()
             raise full
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(self._fit(image)), format="rgb24")
+        frame = self._to_frame(self._fit(image))
         frame.pts = out_pts
         frame.time_base = self.time_base
         try:
@@ -302,6 +302,17 @@ class VideoFileSink:
             raise _write_failed(self.path, exc) from None
         self._last_pts = out_pts
         self.frames_written += 1
+
+    def _to_frame(self, image: np.ndarray) -> av.VideoFrame:
+        if self._stream.codec_context.pix_fmt == "yuv420p":
+            # OpenCV's BT.601 limited-range conversion is what swscale does by default for an
+            # untagged RGB frame (mean difference 0.2 levels), at a fifth of the time and
+            # without the encoder-side reformat; it was half the codec overhead at 720p.
+            import cv2
+
+            planes = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+            return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
 
     def _mux_video(self, packets: list[Any]) -> None:
         for packet in packets:

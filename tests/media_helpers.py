@@ -129,6 +129,44 @@ def make_clip(
 
 
 @functools.cache
+def first_frames(
+    src: Path, dst: Path, frames: int, *, width: int | None = None, crf: int = 18,
+    preset: str = "ultrafast",
+) -> Path:
+    """The first ``frames`` frames of ``src`` re-encoded as H.264 at the same rate: at its own
+    size rounded down to even numbers, or scaled to ``width``.
+
+    Example:
+        >>> first_frames(shared_video("chaplin_bw.mp4"), tmp_path / "c.mp4", 24, width=320)
+    """
+    import cv2
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = inp.streams.video[0]
+        rate = Fraction(stream.average_rate or 25).limit_denominator(1001)
+        w, h = stream.codec_context.width, stream.codec_context.height
+        size = (w // 2 * 2, h // 2 * 2) if width is None else (width, round(h * width / w / 2) * 2)
+        video = out.add_stream("libx264", rate=rate)
+        video.width, video.height = size
+        video.pix_fmt = "yuv420p"
+        video.codec_context.options = {"preset": preset, "crf": str(crf)}
+        for i, frame in enumerate(inp.decode(stream)):
+            if i == frames:
+                break
+            image = frame.to_ndarray(format="rgb24")
+            if width is None:
+                image = np.ascontiguousarray(image[: size[1], : size[0]])
+            else:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
+            picture.pts, picture.time_base = i, 1 / rate
+            for packet in video.encode(picture):
+                out.mux(packet)
+        for packet in video.encode(None):
+            out.mux(packet)
+    return dst
+
+
 def rtsp_unavailable_reason() -> str | None:
     """Why the RTSP server cannot run here, or ``None`` when it can.
 

@@ -14,14 +14,18 @@ import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 import pytest
-from media_helpers import SHARED_VIDEOS, RtspServer, make_clip, rtsp_unavailable_reason
+from media_helpers import (
+    SHARED_VIDEOS,
+    RtspServer,
+    first_frames,
+    make_clip,
+    rtsp_unavailable_reason,
+)
 
 from streamer import Pipeline, load_config
 from streamer.batch import (
@@ -56,29 +60,6 @@ def tiny_sets(model: Path) -> list[str]:
     return [f"parser.model='{model}'", "parser.engine=torch", "output.preset=ultrafast"]
 
 
-def cut(src: Path, dst: Path, frames: int, width: int) -> Path:
-    """The first ``frames`` frames of ``src`` scaled to ``width``, re-encoded as H.264."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        stream = inp.streams.video[0]
-        rate = Fraction(stream.average_rate or 25).limit_denominator(1001)
-        height = round(stream.codec_context.height * width / stream.codec_context.width / 2) * 2
-        video = out.add_stream("libx264", rate=rate)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.codec_context.options = {"preset": "ultrafast", "crf": "18"}
-        for i, frame in enumerate(inp.decode(stream)):
-            if i == frames:
-                break
-            image = cv2.resize(frame.to_ndarray(format="rgb24"), (width, height),
-                               interpolation=cv2.INTER_AREA)
-            picture = av.VideoFrame.from_ndarray(image, format="rgb24")
-            picture.pts, picture.time_base = i, 1 / rate
-            for packet in video.encode(picture):
-                out.mux(packet)
-        for packet in video.encode(None):
-            out.mux(packet)
-    return dst
-
-
 def decode(path: Path | str) -> tuple[list[np.ndarray], list[float]]:
     with av.open(str(path)) as container:
         frames = list(container.decode(video=0))
@@ -100,7 +81,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Three short real clips (generated ones when ../shared/media is absent)."""
     folder = tmp_path_factory.mktemp("batch-in")
     if all((SHARED_VIDEOS / name).is_file() for name, _, _ in REAL_CLIPS):
-        return [cut(SHARED_VIDEOS / name, folder / name, frames, width)
+        return [first_frames(SHARED_VIDEOS / name, folder / name, frames, width=width)
                 for name, frames, width in REAL_CLIPS]
     return [make_clip(folder / f"gen{i}.mp4", frames=12 + 4 * i, size=(320, 240))
             for i in range(3)]

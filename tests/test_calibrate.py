@@ -136,7 +136,7 @@ def test_calibrate_openvino_with_nncf(media, tiny_single_model, cache):
     parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
                                        precision="int8", cache_dir=str(cache)))
     assert parser.parse_crops([np.full((300, 150, 3), 90, np.uint8)])[0].shape == (300, 150)
-    assert parser.engine_for(parser.cfg.canvas_hw).source == xml
+    assert parser.engine_for(parser.cfg.canvas_hw).sources == {"whole": xml}
 
 
 def test_calibrate_rejects_bad_arguments(tiny_single_model, tiny_multi_model, tmp_path, capsys):

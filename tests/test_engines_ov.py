@@ -83,6 +83,26 @@ def test_compiled_model_is_cached_and_not_rebuilt(tiny_single_model, cache, tmp_
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("damage", ["garbage", "empty"])
+def test_damaged_blob_is_recompiled_with_a_warning(tiny_single_model, reference, cache,
+                                                   tmp_path, caplog, damage):
+    for onnx in cache.glob("*.onnx"):
+        shutil.copy(onnx, tmp_path)
+    options = ParserOptions(model=str(tiny_single_model), engine="openvino",
+                            cache_dir=str(tmp_path))
+    first = HumanParser(options)
+    blob = first.engine_for(first.cfg.canvas_hw).blob_path(1)
+    del first  # nothing maps the blob while it is damaged
+    blob.write_bytes(b"not a compiled model" * 100 if damage == "garbage" else b"")
+    with caplog.at_level(logging.WARNING, logger="streamer.engines"):
+        parser = HumanParser(options)
+    assert parser.engine_for(parser.cfg.canvas_hw).compiled_now == [1]
+    assert any("recompiling" in r.getMessage() for r in caplog.records)
+    assert blob.stat().st_size > 1000
+    for got, ref in zip(parser.parse_crops(CROPS), reference, strict=True):
+        assert agreement(got, ref) >= 0.995
+
+
 def test_cache_key_separates_precision_and_hint(tiny_single_model, cache):
     made = set()
     for precision, hint in [("fp32", "latency"), ("fp32", "throughput"), ("bf16", "latency")]:
@@ -112,11 +132,21 @@ def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_single_model, reference, ca
                                            precision="bf16", cache_dir=str(cache)))
         maps = parser.parse_crops(CROPS[:2])
     engine = parser.engine_for(parser.cfg.canvas_hw)
-    hint = str(engine.compiled(1).get_property("INFERENCE_PRECISION_HINT"))
+    hints = [str(part.get_property("INFERENCE_PRECISION_HINT")) for part in engine.compiled(1)]
     if cpu_has_bf16():
-        assert engine.precision == "bf16" and "bfloat16" in hint
+        # Backbone and pixel decoder in bf16, the transformer decoder kept in fp32.
+        assert engine.precision == "bf16" and len(hints) == 2
+        assert "bfloat16" in hints[0] and "float32" in hints[1]
+        blobs = {engine.blob_path(1, part) for part, _ in engine.parts}
+        assert len(blobs) == 2 and all(b.is_file() for b in blobs)
+        # Parallel request chains (throughput hint) give what the latency chain gives.
+        fast = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
+                                         precision="bf16", perf_hint="throughput",
+                                         batch_size=4, cache_dir=str(cache)))
+        for a, b in zip(fast.parse_crops(CROPS[:2]), maps, strict=True):
+            assert agreement(a, b) >= 0.999
     else:
-        assert engine.precision == "fp32" and "float32" in hint
+        assert engine.precision == "fp32" and len(hints) == 1 and "float32" in hints[0]
         assert "no native bf16" in caplog.text
     # bf16 label maps are not held to the gate (random weights make them fragile); they must
     # still be label maps of the crop, mostly like fp32's.

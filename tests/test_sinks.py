@@ -104,6 +104,24 @@ def test_shared_clips_round_trip(tmp_path: Path, name: str) -> None:
     assert probe(dst)["audio"] == probe(src)["audio"]  # chaplin has MP3, basketball none
 
 
+def test_colours_match_ffmpegs_own_rgb_to_yuv_conversion(tmp_path: Path) -> None:
+    """The sink converts RGB to yuv420p itself (OpenCV), which must look like swscale's."""
+    rng = np.random.default_rng(3)
+    blocks = rng.integers(0, 256, (9, 16, 3), np.uint8)
+    image = cv2.resize(blocks, (320, 180), interpolation=cv2.INTER_LINEAR)
+    info = VideoInfo(width=320, height=180, fps=25.0, time_base=Fraction(1, 25))
+    with VideoFileSink(tmp_path / "c.mkv", info, crf=0, preset="ultrafast") as sink:
+        sink.write(image)
+    got = probe(tmp_path / "c.mkv")["images"][0].astype(int)  # crf 0: lossless after yuv
+    swscale = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+    via_swscale = swscale.to_ndarray(format="rgb24").astype(int)
+    # Saturated random colours are the hard case for 4:2:0; OpenCV averages each 2x2 block's
+    # chroma where swscale filters, so the error may be a little larger, never a colour cast.
+    assert np.abs(got - image).mean() < np.abs(via_swscale - image).mean() + 1.0
+    cast = (got - image).mean(axis=(0, 1)) - (via_swscale - image).mean(axis=(0, 1))
+    assert np.abs(cast).max() < 0.5
+
+
 def test_frame_counter_timing_without_pts(tmp_path: Path) -> None:
     info = VideoInfo(width=64, height=48, fps=30000 / 1001)
     with VideoFileSink(tmp_path / "out.mp4", info) as sink:
