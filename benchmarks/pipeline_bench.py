@@ -83,9 +83,13 @@ def run_child(*args: str) -> dict[str, Any]:
 
 def child_streamer(clip: str, model: str, out_dir: str, overlap: str, reuse: str,
                    engine: str, threads: str = "0") -> None:
-    """One default-config run in this (child) process; prints a JSON line."""
+    """One default-config run in this (child) process, set up as ``run_stream.py`` sets up
+    its own; prints a JSON line."""
     from streamer.config import load_config
+    from streamer.heap import return_large_buffers
     from streamer.pipeline import Pipeline
+
+    return_large_buffers()
 
     overrides = [f"parser.model={model}", f"output.path={out_dir}/out.mp4",
                  "output.progress=false"]

@@ -66,6 +66,7 @@ from streamer.batch_workers import (
 )
 from streamer.config import Config, config_from_dict, merge, parse_override, read_yaml
 from streamer.errors import ConfigError, StreamerError
+from streamer.heap import return_large_buffers
 
 __all__ = [
     "BatchReport",
@@ -793,6 +794,7 @@ class _Signals:
 
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py batch ...``; returns the exit code (0 all ok, 1 any failed, 2 usage)."""
+    return_large_buffers()
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.errors import ConfigError, StreamerError
+from streamer.heap import return_large_buffers
 
 log = logging.getLogger("streamer.batch")
 
@@ -189,6 +190,7 @@ class ParseWorker:
 
     def __init__(self, parser_options: Any, threads: int) -> None:
         limit_threads(threads)
+        return_large_buffers()
         self.info = WorkerInfo(socket.gethostname(), os.getpid(), threads)
         self._parser: Any = None
         try:

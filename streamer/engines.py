@@ -19,10 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import json
 import logging
+import mmap
 import os
 import time
 import warnings
@@ -338,6 +340,30 @@ def _openvino():
     return openvino
 
 
+def map_read_only(path: Path) -> tuple[mmap.mmap, np.ndarray]:
+    """``path`` mapped read-only, and a uint8 array over the mapping for ``ov.Tensor``.
+
+    Importing a compiled blob from a mapping instead of bytes read into memory means it is
+    never in memory twice: the CPU plugin reads some weights straight from the mapped pages
+    (peak RSS while importing the full R101 in fp32: 1.46 GB from bytes, 1.17 GB mapped). The
+    array claims to be writeable because ``ov.Tensor`` will not share a read-only one; the pages
+    are not, so a write would fault at once instead of silently changing the model.
+    """
+    with open(path, "rb") as f:
+        blob = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+    address = np.frombuffer(blob, np.uint8).ctypes.data
+    view = np.ctypeslib.as_array((ctypes.c_uint8 * len(blob)).from_address(address))
+    return blob, view
+
+
+def release_pages(blob: mmap.mmap) -> None:
+    """Drop a read-only mapping's resident pages: those the model still reads come back from
+    the page cache on first touch (about 130 of 300 MB for the full R101 in fp32), the rest
+    were only read while importing. Steady RSS 1.24 GB -> 1.08 GB."""
+    if hasattr(mmap, "MADV_DONTNEED"):
+        blob.madvise(mmap.MADV_DONTNEED)
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO reports native bf16 for this CPU (AVX512-BF16 or AMX)."""
@@ -404,7 +430,7 @@ class OpenVinoEngine:
             # A recalibrated int8 model is a new source: its old blobs must not be reused.
             self._key_options["source"] = f"{source.name}:{stat.st_size}:{stat.st_mtime_ns}"
         self._compiled: dict[int, list] = {}
-        self._blobs: list[np.memmap] = []
+        self._blobs: list[mmap.mmap] = []  # mapped compiled blobs, alive with the model
         self._requests: dict[int, list[list]] = {}
         self.compiled_now: list[int] = []  # batch sizes compiled (not loaded) by this engine
         self.static_batches = OPENVINO_STATIC_BATCHES if static_batches is None else static_batches
@@ -439,13 +465,11 @@ class OpenVinoEngine:
         path = self.blob_path(batch, part)
         if path.is_file():
             try:
-                # Imported from a copy-on-write mapping, not read into bytes: the CPU plugin
-                # keeps its weights in the mapped pages, so the blob is never in memory twice
-                # (peak RSS at start-up 1.46 GB -> 1.18 GB for the full R101 in fp32).
-                blob = np.memmap(path, dtype=np.uint8, mode="c")
+                blob, view = map_read_only(path)
                 compiled = self.core.import_model(
-                    _openvino().Tensor(blob, shared_memory=True), "CPU", self._config(precision)
+                    _openvino().Tensor(view, shared_memory=True), "CPU", self._config(precision)
                 )
+                release_pages(blob)
                 self._blobs.append(blob)
                 return compiled
             except (RuntimeError, ValueError, OSError) as exc:  # other OpenVINO build, damaged

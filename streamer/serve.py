@@ -112,6 +112,7 @@ from streamer.config import (
 from streamer.detect import Detector, DetectorOptions, PersonFinder, make_detector
 from streamer.engines import file_digest
 from streamer.errors import ConfigError, ModelError, StreamerError
+from streamer.heap import return_large_buffers
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.metrics import percentiles
 from streamer.parser import HumanParser, ParserOptions
@@ -1614,6 +1615,7 @@ def _recording_signals() -> Iterator[list[int]]:
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py serve``: 0 on a clean stop, 1 on a run-time problem, 2 on bad
     configuration, 130 / 143 when stopped by SIGINT / SIGTERM (after a graceful shutdown)."""
+    return_large_buffers()
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
