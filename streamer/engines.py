@@ -350,7 +350,7 @@ def map_read_only(path: Path) -> tuple[mmap.mmap, np.ndarray]:
     are not, so a write would fault at once instead of silently changing the model.
     """
     with open(path, "rb") as f:
-        blob = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+        blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     address = np.frombuffer(blob, np.uint8).ctypes.data
     view = np.ctypeslib.as_array((ctypes.c_uint8 * len(blob)).from_address(address))
     return blob, view

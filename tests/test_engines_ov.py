@@ -180,3 +180,22 @@ def test_int8_without_calibration_says_how_to_calibrate(tiny_single_model, tmp_p
         assert f"--engine {engine}" in text
         assert not int8_model_path(engine, tiny_single_model / "pytorch_model.pt",
                                    (512, 384), tmp_path).exists()
+
+
+def test_blob_mapping_reads_the_file_and_faults_on_write(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from streamer.engines import map_read_only, release_pages
+
+    blob_file = tmp_path / "x.blob"
+    blob_file.write_bytes(bytes(range(256)) * 64)
+    blob, view = map_read_only(blob_file)
+    release_pages(blob)  # the pages come back from the file when read again
+    assert view.flags.writeable and view.tobytes() == blob_file.read_bytes()
+    code = ("import sys; from streamer.engines import map_read_only; "
+            "blob, view = map_read_only(sys.argv[1]); view[0] = 1")
+    run = subprocess.run([sys.executable, "-c", code, str(blob_file)], capture_output=True)
+    assert run.returncode in (-signal.SIGSEGV, -signal.SIGBUS)
+    assert blob_file.read_bytes()[:4] == bytes(range(4))
