@@ -210,6 +210,8 @@ ONNX_PARTS = ("whole", "encoder", "decoder")
 def export_onnx(net: NetSource, canvas_hw: tuple[int, int], path: Path,
                 part: str = "whole") -> None:
     """Export ``part`` of the network with a dynamic batch axis (TorchScript-based exporter)."""
+    if part not in ONNX_PARTS:
+        raise ValueError(f"part must be one of {', '.join(ONNX_PARTS)}, not {part!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.onnx")
     network = materialise(net).eval()
