@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from streamer.errors import ConfigError, ModelError
-from streamer.types import Box, Person
+from streamer.types import Box, Person, whole_pixels
 
 __all__ = [
     "DETECTOR_TYPES",
@@ -360,11 +360,6 @@ def postprocess_boxes(boxes: Sequence[Box] | np.ndarray, frame_w: int, frame_h: 
             for i in order]
 
 
-def _round(x: np.ndarray | float) -> np.ndarray:
-    """Halves up (``floor(x + 0.5)``): whole-pixel moves then add up, whatever the start."""
-    return np.floor(np.asarray(x, np.float64) + 0.5)
-
-
 @dataclass
 class _Track:
     id: int
@@ -483,11 +478,11 @@ class IouTracker:
                 track.velocity = (1 - self.smoothing) * track.velocity + self.smoothing * step
         held = track.box[2:] - track.box[:2]
         change = np.abs(size / np.maximum(held, 1e-6) - 1)
-        size = _round(np.where(change > self.size_jump, size,
+        size = whole_pixels(np.where(change > self.size_jump, size,
                                held + self.size_smoothing * (size - held)))
         # Whole pixels on a detector run: the box then moves by exactly the rounded velocity
         # times the frames since (as the carrier shifts a parse), never a pixel off.
-        corner = _round(centre - size / 2)
+        corner = whole_pixels(centre - size / 2)
         track.box = np.concatenate([corner, corner + size])
         track.frame = frame
         track.score = float(det[4])
@@ -503,8 +498,8 @@ class IouTracker:
 
     def _person(self, track: _Track, box: np.ndarray) -> Person | None:
         # Rounded as corner + size, so that a box moving at a steady size keeps it exactly.
-        x0, y0 = (int(v) for v in _round(box[:2]))
-        x1, y1 = x0 + int(_round(box[2] - box[0])), y0 + int(_round(box[3] - box[1]))
+        x0, y0 = (int(v) for v in whole_pixels(box[:2]))
+        x1, y1 = x0 + int(whole_pixels(box[2] - box[0])), y0 + int(whole_pixels(box[3] - box[1]))
         if self.frame_size is not None:
             w, h = self.frame_size
             x0, x1 = min(max(x0, 0), w), min(max(x1, 0), w)

@@ -56,7 +56,7 @@ import numpy as np
 
 from streamer.errors import ConfigError
 from streamer.propagate import shift_persons
-from streamer.types import Box, ParseResult, Person
+from streamer.types import Box, ParseResult, Person, whole_pixels
 
 __all__ = [
     "FLOW_PRESETS",
@@ -520,10 +520,10 @@ class Carrier:
     def _offsets(velocity: Mapping[int, tuple[float, float]], steps: int,
                  done: int = 0) -> dict[int, tuple[int, int]]:
         """Box motion from ``done`` to ``steps`` frames after the parse, in whole pixels
-        (rounded cumulatively, so many small steps add up to the one big step; halves up, as
-        :class:`~streamer.detect.IouTracker` rounds its boxes, so the two move together)."""
+        (rounded cumulatively, so many small steps add up to the one big step; with
+        :func:`~streamer.types.whole_pixels`, as the tracker rounds its boxes)."""
         def whole(x: float) -> int:
-            return math.floor(x + 0.5)
+            return int(whole_pixels(x))
 
         return {pid: (whole(vx * steps) - whole(vx * done), whole(vy * steps) - whole(vy * done))
                 for pid, (vx, vy) in velocity.items()}

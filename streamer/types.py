@@ -61,6 +61,13 @@ class Frame:
         return int(self.image.shape[1])
 
 
+def whole_pixels(x: np.ndarray | float) -> np.ndarray:
+    """Pixel coordinates rounded halves up (``floor(x + 0.5)``), so whole-pixel moves add up
+    whatever the start. The tracker's boxes and the carrier's shifts share it, so that a parse
+    shifted with its person's box lands exactly where the box went."""
+    return np.floor(np.asarray(x, np.float64) + 0.5)
+
+
 @dataclass(frozen=True)
 class Box:
     """An axis-aligned box in pixel coordinates, ``x1``/``y1`` exclusive."""
