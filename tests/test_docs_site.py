@@ -85,6 +85,17 @@ def test_readme_relative_links_resolve() -> None:
     assert not broken, "README.md has broken links:\n" + "\n".join(broken)
 
 
+def test_commands_written_one_way() -> None:
+    """Every command runs the project's venv as `.venv/bin/python`, never a bare `python`."""
+    bare = re.compile(r"(?<![\w/.-])python3? +(?!-m venv\b)(-m +\w|run_stream\.py|benchmarks/)")
+    found = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
+            if bare.search(line):
+                found.append(f"{page.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "write these as .venv/bin/python ...:\n" + "\n".join(found)
+
+
 def test_docs_images_exist() -> None:
     missing = []
     for page in sorted((ROOT / "docs").glob("*.md")):
