@@ -45,18 +45,18 @@ MEDIA = ROOT.parent / "shared" / "media"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
-from streamer import calibrate as cal  # noqa: E402
-from streamer.detect import DetectorOptions, PersonFinder  # noqa: E402
-from streamer.engines import (  # noqa: E402
+from streamer.m2fp.checkpoint import CHECKPOINT_FILE  # noqa: E402
+from streamer.parsing import calibrate as cal  # noqa: E402
+from streamer.parsing.engines import (  # noqa: E402
     AGREEMENT_GATE,
     cpu_has_bf16,
     default_cache_dir,
     int8_model_path,
     onnx_model,
 )
-from streamer.gate import Measurement, check_min_agreement, choose, label_agreement  # noqa: E402
-from streamer.m2fp.checkpoint import CHECKPOINT_FILE  # noqa: E402
-from streamer.parser import HumanParser, ParserOptions  # noqa: E402
+from streamer.parsing.gate import Measurement, check_min_agreement, choose, label_agreement  # noqa: E402
+from streamer.parsing.parser import HumanParser, ParserOptions  # noqa: E402
+from streamer.vision.detect import DetectorOptions, PersonFinder  # noqa: E402
 
 FULL = ("torch,torchscript,onnxruntime,onnxruntime:int8,openvino,openvino:bf16,openvino:int8")
 QUICK = "torch,onnxruntime,openvino,openvino:bf16,onnxruntime:int8,openvino:int8"

@@ -86,7 +86,7 @@ def child_streamer(clip: str, model: str, out_dir: str, overlap: str, reuse: str
     """One default-config run in this (child) process, set up as ``run_stream.py`` sets up
     its own; prints a JSON line."""
     from streamer.config import load_config
-    from streamer.heap import return_large_buffers
+    from streamer.core.heap import return_large_buffers
     from streamer.pipeline import Pipeline
 
     return_large_buffers()
@@ -132,7 +132,7 @@ def peak_rss_mb() -> float:
 def child_warm(model: str, engine: str) -> None:
     """Build the default parser once, filling the engine cache; prints a JSON line."""
     from streamer.config import load_config
-    from streamer.parser import HumanParser
+    from streamer.parsing.parser import HumanParser
 
     overrides = [f"parser.model={model}"]
     if engine != "default":
@@ -144,8 +144,8 @@ def child_warm(model: str, engine: str) -> None:
 
 def child_codec(clip: str, out_dir: str) -> None:
     """Decode and encode only (no parse, no overlay), through streamer's source and sink."""
-    from streamer.sinks import VideoFileSink
-    from streamer.sources import SourceOptions, open_source
+    from streamer.io.sinks import VideoFileSink
+    from streamer.io.sources import SourceOptions, open_source
 
     started = time.perf_counter()
     source = open_source(clip, SourceOptions())
@@ -157,8 +157,8 @@ def child_codec(clip: str, out_dir: str) -> None:
 
 
 def overlay_1080p_ms(reps: int = 60) -> float:
-    from streamer.render import OverlayStyle, Renderer
-    from streamer.types import Box, ParseResult, Person
+    from streamer.core.types import Box, ParseResult, Person
+    from streamer.vision.render import OverlayStyle, Renderer
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (1080, 1920, 3), np.uint8)

@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamer.render import CIHP_CLASSES, PALETTE, OverlayStyle, Renderer  # noqa: E402
-from streamer.types import Box, ParseResult, Person  # noqa: E402
+from streamer.core.types import Box, ParseResult, Person  # noqa: E402
+from streamer.vision.render import CIHP_CLASSES, PALETTE, OverlayStyle, Renderer  # noqa: E402
 
 WIDTH, HEIGHT = 1920, 1080
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason  # noqa: E402
 
-from streamer.metrics import RunMetrics, percentiles  # noqa: E402
+from streamer.core.metrics import RunMetrics, percentiles  # noqa: E402
 
 
 class TimedMetrics(RunMetrics):
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from streamer import Pipeline, load_config
-    from streamer.parser import HumanParser
+    from streamer.parsing.parser import HumanParser
 
     seconds = args.minutes * 60
     tmp = tempfile.TemporaryDirectory(prefix="streamer-soak-")

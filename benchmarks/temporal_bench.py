@@ -60,11 +60,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streamer import detect  # noqa: E402
-from streamer.detect import DetectorOptions, PersonFinder  # noqa: E402
-from streamer.parser import HumanParser, ParserOptions  # noqa: E402
-from streamer.temporal import Carrier  # noqa: E402
-from streamer.types import Box, ParseResult, Person  # noqa: E402
+from streamer.core.types import Box, ParseResult, Person  # noqa: E402
+from streamer.parsing.parser import HumanParser, ParserOptions  # noqa: E402
+from streamer.vision import detect  # noqa: E402
+from streamer.vision.detect import DetectorOptions, PersonFinder  # noqa: E402
+from streamer.vision.temporal import Carrier  # noqa: E402
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media" / "videos"
 CLIPS = ("sam2_juggle.mp4", "mmaction2_basketball.mp4", "sam2_bedroom_kids.mp4")

@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from temporal_bench import MEDIA, person_agreement, read_frames  # noqa: E402
 
 from streamer.config import RenderConfig  # noqa: E402
-from streamer.detect import DetectorOptions, PersonFinder  # noqa: E402
-from streamer.parser import HumanParser, ParserOptions  # noqa: E402
-from streamer.render import OverlayStyle, Renderer  # noqa: E402
-from streamer.temporal import Carrier  # noqa: E402
-from streamer.types import Box  # noqa: E402
+from streamer.core.types import Box  # noqa: E402
+from streamer.parsing.parser import HumanParser, ParserOptions  # noqa: E402
+from streamer.vision.detect import DetectorOptions, PersonFinder  # noqa: E402
+from streamer.vision.render import OverlayStyle, Renderer  # noqa: E402
+from streamer.vision.temporal import Carrier  # noqa: E402
 
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 BOX = (255, 255, 0)  # the tracked boxes on the frame shown

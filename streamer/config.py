@@ -22,13 +22,13 @@ from typing import Any
 
 import yaml
 
-from streamer.detect import DetectorOptions
-from streamer.engines import ENGINES, PERF_HINTS, PRECISIONS
-from streamer.errors import ConfigError
-from streamer.parser import ParserOptions
-from streamer.render import OverlayStyle
-from streamer.sources import SourceOptions
-from streamer.temporal import PROPAGATE_METHODS, STABILITY_MODES
+from streamer.core.errors import ConfigError
+from streamer.io.sources import SourceOptions
+from streamer.parsing.engines import ENGINES, PERF_HINTS, PRECISIONS
+from streamer.parsing.parser import ParserOptions
+from streamer.vision.detect import DetectorOptions
+from streamer.vision.render import OverlayStyle
+from streamer.vision.temporal import PROPAGATE_METHODS, STABILITY_MODES
 
 
 @dataclass

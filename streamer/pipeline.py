@@ -32,18 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from streamer.buffers import BufferPolicy, FrameBuffer, make_buffer
 from streamer.config import Config
-from streamer.detect import PersonFinder
-from streamer.errors import ConfigError
-from streamer.metrics import RunMetrics
-from streamer.parser import HumanParser
-from streamer.render import Renderer
-from streamer.reuse import CropMemory
-from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
-from streamer.sources import Source, open_source
-from streamer.temporal import Carrier
-from streamer.types import Frame, ParseResult, Person
+from streamer.core.errors import ConfigError
+from streamer.core.metrics import RunMetrics
+from streamer.core.types import Frame, ParseResult, Person
+from streamer.io.buffers import BufferPolicy, FrameBuffer, make_buffer
+from streamer.io.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
+from streamer.io.sources import Source, open_source
+from streamer.parsing.parser import HumanParser
+from streamer.vision.detect import PersonFinder
+from streamer.vision.render import Renderer
+from streamer.vision.reuse import CropMemory
+from streamer.vision.temporal import Carrier
 
 log = logging.getLogger("streamer.pipeline")
 

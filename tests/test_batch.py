@@ -28,7 +28,7 @@ from media_helpers import (
 )
 
 from streamer import Pipeline, load_config
-from streamer.batch import (
+from streamer.batch.runner import (
     BatchRunner,
     BatchSettings,
     format_table,
@@ -36,9 +36,9 @@ from streamer.batch import (
     plan_workers,
     stream_name,
 )
-from streamer.batch_workers import LocalPool, RayCluster
-from streamer.errors import ConfigError
-from streamer.parser import HumanParser, ParserOptions
+from streamer.batch.workers import LocalPool, RayCluster
+from streamer.core.errors import ConfigError
+from streamer.parsing.parser import HumanParser, ParserOptions
 
 try:
     import ray
@@ -365,7 +365,7 @@ def test_ray_is_optional(tmp_path: Path, tiny_single_model: Path):
     argv = ["--source", str(clip), "--output-dir", str(tmp_path / "out"),
             "--model", str(tiny_single_model), "--ray"]
     code = ("import sys; sys.modules['ray'] = None\n"  # as if Ray were not installed
-            f"import streamer.batch as b\nsys.exit(b.main({argv!r}))")
+            f"import streamer.batch.runner as b\nsys.exit(b.main({argv!r}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from media_helpers import make_clip
 
-from streamer.buffers import (
+from streamer.core.errors import ConfigError, SourceError
+from streamer.core.types import Frame
+from streamer.io.buffers import (
     BufferPolicy,
     LatestBuffer,
     SourceReader,
@@ -17,9 +19,7 @@ from streamer.buffers import (
     default_policy,
     make_buffer,
 )
-from streamer.errors import ConfigError, SourceError
-from streamer.sources import FileSource, SourceOptions
-from streamer.types import Frame
+from streamer.io.sources import FileSource, SourceOptions
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from streamer.calibrate import calibrate, expand_sources, find_person_crops, main
-from streamer.engines import calibration_record, default_cache_dir, int8_model_path
-from streamer.errors import ConfigError, SourceError
-from streamer.gate import Candidate, Measurement, choose, label_agreement, measure
-from streamer.parser import HumanParser, ParserOptions
+from streamer.core.errors import ConfigError, SourceError
+from streamer.parsing.calibrate import calibrate, expand_sources, find_person_crops, main
+from streamer.parsing.engines import calibration_record, default_cache_dir, int8_model_path
+from streamer.parsing.gate import Candidate, Measurement, choose, label_agreement, measure
+from streamer.parsing.parser import HumanParser, ParserOptions
 
 CLIP = "videos/chaplin_bw.mp4"
 

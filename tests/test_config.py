@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from streamer.config import load_config, parse_override
-from streamer.errors import ConfigError
+from streamer.core.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.detect import (
+from streamer.core.errors import ConfigError, ModelError, StreamerError
+from streamer.core.types import Box
+from streamer.vision.detect import (
     DetectorOptions,
     FullFrameDetector,
     HogDetector,
@@ -20,8 +22,6 @@ from streamer.detect import (
     nms,
     postprocess_boxes,
 )
-from streamer.errors import ConfigError, ModelError, StreamerError
-from streamer.types import Box
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 PETS = MEDIA / "videos" / "vtest_pets_first200.avi"
@@ -279,6 +279,6 @@ def test_torchvision_weights_missing_is_one_line_user_error(
 
 def test_hog_on_a_frame_smaller_than_its_window_finds_nobody():
     """OpenCV's detectMultiScale crashes the process on frames under 64x128; we never call it."""
-    from streamer.detect import HogDetector
+    from streamer.vision.detect import HogDetector
 
     assert HogDetector().detect(np.zeros((64, 96, 3), np.uint8)) == []

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from streamer.config import load_config
-from streamer.engines import cpu_has_bf16, default_cache_dir, int8_model_path
-from streamer.errors import ConfigError
-from streamer.parser import HumanParser, ParserOptions
+from streamer.core.errors import ConfigError
+from streamer.parsing.engines import cpu_has_bf16, default_cache_dir, int8_model_path
+from streamer.parsing.parser import HumanParser, ParserOptions
 
 pytest.importorskip("openvino", reason="the openvino engine needs pip install openvino")
 
@@ -187,7 +187,7 @@ def test_blob_mapping_reads_the_file_and_faults_on_write(tmp_path):
     import subprocess
     import sys
 
-    from streamer.engines import map_read_only, release_pages
+    from streamer.parsing.engines import map_read_only, release_pages
 
     blob_file = tmp_path / "x.blob"
     blob_file.write_bytes(bytes(range(256)) * 64)

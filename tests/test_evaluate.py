@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamer.errors import ConfigError, SourceError
-from streamer.evaluate import Confusion, find_pairs, load_label, main, score_pairs
+from streamer.apps.evaluate import Confusion, find_pairs, load_label, main, score_pairs
+from streamer.core.errors import ConfigError, SourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = tuple(f"c{i}" for i in range(20))
@@ -195,8 +195,8 @@ def test_cli_table_and_json(media, tmp_path, tiny_single_model):
     assert "excluded" in data["note"]
     # The JSON numbers are the metric of the model's own label maps (same thread count, so the
     # same arithmetic; the tolerance allows a few pixels on a decision boundary).
-    from streamer.evaluate import load_image
-    from streamer.parser import HumanParser, ParserOptions
+    from streamer.apps.evaluate import load_image
+    from streamer.parsing.parser import HumanParser, ParserOptions
 
     parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="torch", threads=1))
     pairs = [(parser.parse(load_image(i)).labels, load_label(lab))

@@ -11,7 +11,7 @@ import pytest
 PROBE = """
 import sys
 import numpy as np
-from streamer.heap import return_large_buffers
+from streamer.core.heap import return_large_buffers
 if sys.argv[1] == "on":
     assert return_large_buffers()
 big = np.ones(16 << 20, np.uint8)  # served by mmap and freed: glibc raises its threshold

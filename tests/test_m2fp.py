@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from streamer.errors import ModelError
+from streamer.core.errors import ModelError
+from streamer.core.types import Box, Person
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import load_model_config, modelscope_configuration, parse_model_config
 from streamer.m2fp.model import M2FP
 from streamer.m2fp.preprocess import fit_single, multi_resized_shape, to_single_canvas
-from streamer.parser import HumanParser, ParserOptions
-from streamer.types import Box, Person
+from streamer.parsing.parser import HumanParser, ParserOptions
 
 
 def photo(seed: int = 0, h: int = 300, w: int = 200) -> np.ndarray:
@@ -234,7 +234,7 @@ def test_multi_person_model_parses_whole_frame(tiny_multi_model):
 
 
 def test_people_too_small_to_parse_are_marked_person_only(torch_parser):
-    from streamer.render import PERSON_ONLY
+    from streamer.vision.render import PERSON_ONLY
 
     image = photo(8, 200, 200)
     tall, short = Person(1, 0.9, Box(0, 0, 80, 150)), Person(2, 0.8, Box(120, 10, 140, 40))

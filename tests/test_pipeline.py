@@ -13,7 +13,7 @@ import pytest
 from media_helpers import make_clip
 
 from streamer import Pipeline, load_config
-from streamer.parser import HumanParser, ParserOptions
+from streamer.parsing.parser import HumanParser, ParserOptions
 
 
 def config_for(model: Path, *sets: str):

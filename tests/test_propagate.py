@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamer.core.types import Box, Frame, ParseResult, Person
 from streamer.pipeline import Parsed
-from streamer.propagate import shift_persons
-from streamer.temporal import Carrier
-from streamer.types import Box, Frame, ParseResult, Person
+from streamer.vision.propagate import shift_persons
+from streamer.vision.temporal import Carrier
 
 
 def two_people() -> ParseResult:

@@ -354,7 +354,7 @@ def test_worker_error_on_a_live_run_stops_cleanly(tmp_path: Path, tiny_single_mo
     """The live path (latest policy, every frame written): the worker's error ends the run,
     the output is finalised, no thread is left behind. (test_pipeline covers files.)"""
     from streamer import Pipeline, load_config
-    from streamer.parser import HumanParser, ParserOptions
+    from streamer.parsing.parser import HumanParser, ParserOptions
 
     clip = make_clip(tmp_path / "in.mp4", frames=200, size=(160, 120), fps=25)
     out = tmp_path / "out.mp4"

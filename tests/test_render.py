@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamer.render import (
+from streamer.core.types import Box, ParseResult, Person
+from streamer.vision.render import (
     CIHP_CLASSES,
     CIHP_COLORS,
     OUTLINE_COLOR,
@@ -20,7 +21,6 @@ from streamer.render import (
     make_palette,
     voc_color,
 )
-from streamer.types import Box, ParseResult, Person
 
 H, W = 90, 120
 

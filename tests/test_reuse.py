@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from streamer import Pipeline, load_config
-from streamer.parser import HumanParser, ParserOptions
-from streamer.reuse import CropMemory, mean_abs_difference, thumbnail
-from streamer.types import Box, Person
+from streamer.core.types import Box, Person
+from streamer.parsing.parser import HumanParser, ParserOptions
+from streamer.vision.reuse import CropMemory, mean_abs_difference, thumbnail
 
 
 def textured(h: int = 200, w: int = 100, seed: int = 0) -> np.ndarray:

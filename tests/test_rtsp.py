@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
 
-from streamer.buffers import SourceReader
-from streamer.errors import SourceError
-from streamer.sources import RtspSource, SourceOptions, open_source
+from streamer.core.errors import SourceError
+from streamer.io.buffers import SourceReader
+from streamer.io.sources import RtspSource, SourceOptions, open_source
 
 pytestmark = pytest.mark.skipif(
     rtsp_unavailable_reason() is not None, reason=str(rtsp_unavailable_reason())

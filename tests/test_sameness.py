@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from streamer.m2fp.model import PIXEL_MEAN, SIZE_DIVISIBILITY
-from streamer.parser import HumanParser, ParserOptions
+from streamer.parsing.parser import HumanParser, ParserOptions
 
 ref.require_modelscope()
 

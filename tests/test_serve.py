@@ -28,9 +28,8 @@ import pytest
 from media_helpers import make_clip, wait_for_port
 from PIL import Image
 
-from streamer.metrics import RunMetrics
-from streamer.render import PALETTE
-from streamer.serve import (
+from streamer.core.metrics import RunMetrics
+from streamer.serve.service import (
     BackgroundServer,
     MemoryCache,
     ServeConfig,
@@ -38,6 +37,7 @@ from streamer.serve import (
     load_settings,
     main,
 )
+from streamer.vision.render import PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -254,7 +254,7 @@ def test_defaults_bind_loopback_and_serve_keys_are_checked(monkeypatch):
     config, settings = load_settings(None, ["serve.host='0.0.0.0'", "serve.queue=3",
                                             "detector.every=2"])
     assert settings.host == "0.0.0.0" and settings.queue == 3 and config.detector.every == 2
-    from streamer.errors import ConfigError
+    from streamer.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="serve.qeueu"):
         load_settings(None, ["serve.qeueu=3"])
@@ -581,7 +581,7 @@ def test_configured_streams_start_with_the_server(tiny_single_model, clip):
 
 
 def test_only_urls_when_files_are_not_allowed(tiny_single_model, clip):
-    from streamer.serve import ApiError
+    from streamer.serve.service import ApiError
 
     config, settings = settings_for(tiny_single_model, "serve.allow_files=false")
     service = Service(config, settings)  # not started: refused before anything runs

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from media_helpers import make_clip, shared_video
 
-from streamer.errors import SinkError
-from streamer.sinks import (
+from streamer.core.errors import SinkError
+from streamer.core.types import VideoInfo
+from streamer.io.sinks import (
     JsonlStatsSink,
     LabelMapSink,
     VideoFileSink,
@@ -23,8 +24,7 @@ from streamer.sinks import (
     check_output_path,
     load_label_maps,
 )
-from streamer.sources import FileSource
-from streamer.types import VideoInfo
+from streamer.io.sources import FileSource
 
 
 def probe(path: Path) -> dict:

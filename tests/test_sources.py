@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from media_helpers import make_clip, shared_video
 
-from streamer.errors import ConfigError, SourceError
-from streamer.sources import (
+from streamer.core.errors import ConfigError, SourceError
+from streamer.io.sources import (
     FileSource,
     ImageSource,
     RtspSource,

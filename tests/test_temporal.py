@@ -10,10 +10,11 @@ import pytest
 from media_helpers import make_clip
 
 from streamer import Pipeline, load_config
-from streamer.detect import IouTracker
-from streamer.errors import ConfigError
-from streamer.propagate import shift_persons
-from streamer.temporal import (
+from streamer.core.errors import ConfigError
+from streamer.core.types import Box, ParseResult, Person
+from streamer.vision.detect import IouTracker
+from streamer.vision.propagate import shift_persons
+from streamer.vision.temporal import (
     Carrier,
     FlowPropagator,
     Motion,
@@ -24,7 +25,6 @@ from streamer.temporal import (
     majority_labels,
     warp_result,
 )
-from streamer.types import Box, ParseResult, Person
 
 H, W = 180, 240
 CLASSES = tuple(f"c{i}" for i in range(20))
@@ -143,7 +143,7 @@ def test_scene_cut_falls_back_to_shift():
 
 
 def test_shift_carrier_moves_by_the_box_centre_velocity():
-    from streamer.propagate import shift_persons
+    from streamer.vision.propagate import shift_persons
 
     img0, res0 = person_at(60, 40)
     v = {1: np.array([2.0, 1.0, 2.0, 0.0])}
@@ -256,7 +256,7 @@ def test_config_keys_and_defaults():
 
 
 def test_pipeline_propagates_between_parses(tmp_path, tiny_single_model):
-    from streamer.parser import HumanParser, ParserOptions
+    from streamer.parsing.parser import HumanParser, ParserOptions
 
     parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="torch"))
     clip = make_clip(tmp_path / "in.mp4", frames=9, size=(160, 120), fps=25)
@@ -278,7 +278,7 @@ def test_pipeline_propagates_between_parses(tmp_path, tiny_single_model):
 
 
 def test_live_pipeline_with_flow_and_stability(tmp_path, tiny_single_model):
-    from streamer.parser import HumanParser, ParserOptions
+    from streamer.parsing.parser import HumanParser, ParserOptions
 
     parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="torch"))
     clip = make_clip(tmp_path / "in.mp4", frames=25, size=(160, 120), fps=25)

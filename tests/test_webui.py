@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from media_helpers import make_clip
 
-from streamer.serve import BackgroundServer, Service, load_settings
+from streamer.serve.service import BackgroundServer, Service, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from streamer.errors import ModelError
+from streamer.core.errors import ModelError
 
 log = logging.getLogger("streamer.model")
 

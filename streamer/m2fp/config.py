@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from streamer.errors import ModelError
+from streamer.core.errors import ModelError
 
 CIHP_CLASSES: tuple[str, ...] = (
     "Background", "Hat", "Hair", "Gloves", "Sunglasses", "UpperClothes", "Dress", "Coat",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamer.types import Box, ParseResult, Person
+from streamer.core.types import Box, ParseResult, Person
 
 
 def _clip(box: Box, width: int, height: int) -> Box:

@@ -35,7 +35,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from streamer.errors import ConfigError, ModelError
+from streamer.core.errors import ConfigError, ModelError
 from streamer.m2fp.model import M2FP
 
 log = logging.getLogger("streamer.engines")
@@ -100,7 +100,7 @@ def file_digest(path: Path) -> str:
 def code_fingerprint() -> str:
     """Hash of the network's source: a compiled artefact is stale once the code changes."""
     h = hashlib.sha256()
-    for path in sorted((Path(__file__).parent / "m2fp").glob("*.py")):
+    for path in sorted((Path(__file__).parent.parent / "m2fp").glob("*.py")):
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 

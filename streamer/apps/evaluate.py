@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.errors import ConfigError, SourceError, StreamerError
+from streamer.core.errors import ConfigError, SourceError, StreamerError
 
 __all__ = [
     "IGNORE",
@@ -338,7 +338,7 @@ def _quote(value: str) -> str:
 def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.ndarray:
     if detector is None or not parser.single_person:
         return parser.parse(image).labels
-    from streamer.detect import PersonFinder
+    from streamer.vision.detect import PersonFinder
 
     # Every image is a scene of its own: a fresh tracker, the detector shared.
     persons = PersonFinder(options, detector=detector).find(image, 0)
@@ -348,7 +348,7 @@ def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.
 def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
     """Parse and score; what :func:`main` does before printing. Also returns the settings."""
     from streamer.config import load_config
-    from streamer.sinks import check_output_path
+    from streamer.io.sinks import check_output_path
 
     pairs, unlabelled = find_pairs(args.images, args.labels)
     if args.json:
@@ -364,13 +364,13 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
     if unlabelled:
         print(f"note: {len(unlabelled)} image(s) without a label skipped", file=sys.stderr)
 
-    from streamer.parser import HumanParser
+    from streamer.parsing.parser import HumanParser
 
     parser = HumanParser(config.parser)
     detector = None
     options = replace(config.detector, type=args.detector or "full")
     if options.type != "full" and parser.single_person:
-        from streamer.detect import make_detector
+        from streamer.vision.detect import make_detector
 
         detector = make_detector(options)
     total = Confusion(len(parser.classes))

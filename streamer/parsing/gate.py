@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.engines import AGREEMENT_GATE
-from streamer.errors import ConfigError, StreamerError
+from streamer.core.errors import ConfigError, StreamerError
+from streamer.parsing.engines import AGREEMENT_GATE
 
 #: The lowest agreement a user may opt in to.
 OPT_IN_FLOOR = 0.99
@@ -135,7 +135,7 @@ def measure(
         >>> [m.engine for m in measure(model_dir, [Candidate("openvino")], crops)]
         ['torch', 'openvino']
     """
-    from streamer.parser import HumanParser, ParserOptions
+    from streamer.parsing.parser import HumanParser, ParserOptions
 
     order = [Candidate(*REFERENCE)] + [c for c in candidates if (c.engine, c.precision)
                                        != REFERENCE]

@@ -54,9 +54,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from streamer.errors import ConfigError
-from streamer.propagate import shift_persons
-from streamer.types import Box, ParseResult, Person, whole_pixels
+from streamer.core.errors import ConfigError
+from streamer.core.types import Box, ParseResult, Person, whole_pixels
+from streamer.vision.propagate import shift_persons
 
 __all__ = [
     "FLOW_PRESETS",

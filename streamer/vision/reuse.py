@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from streamer.types import Person
+from streamer.core.types import Person
 
 THUMB_WH = (32, 64)
 # A box whose size changed by more than this fraction is a different framing: parse again.

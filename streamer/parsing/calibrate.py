@@ -37,19 +37,26 @@ from pathlib import Path
 
 import numpy as np
 
-from streamer.detect import DetectorOptions, PersonFinder
-from streamer.engines import (
+from streamer.core.errors import ConfigError, SourceError, StreamerError
+from streamer.io.sources import IMAGE_SUFFIXES, open_source
+from streamer.m2fp.checkpoint import CHECKPOINT_FILE
+from streamer.m2fp.preprocess import to_single_canvas
+from streamer.parsing.engines import (
     AGREEMENT_GATE,
     cpu_has_bf16,
     default_cache_dir,
     int8_model_path,
     onnx_model,
 )
-from streamer.errors import ConfigError, SourceError, StreamerError
-from streamer.gate import Candidate, Measurement, check_min_agreement, choose, format_table, measure
-from streamer.m2fp.checkpoint import CHECKPOINT_FILE
-from streamer.m2fp.preprocess import to_single_canvas
-from streamer.sources import IMAGE_SUFFIXES, open_source
+from streamer.parsing.gate import (
+    Candidate,
+    Measurement,
+    check_min_agreement,
+    choose,
+    format_table,
+    measure,
+)
+from streamer.vision.detect import DetectorOptions, PersonFinder
 
 log = logging.getLogger("streamer.calibrate")
 
@@ -287,7 +294,7 @@ def calibrate(
         >>> calibrate("models/single", ["clips/"], "onnxruntime", crops=32).recommended
         'parser.engine=openvino parser.precision=fp32'
     """
-    from streamer.parser import HumanParser, ParserOptions
+    from streamer.parsing.parser import HumanParser, ParserOptions
 
     if engine not in INT8_ENGINES:
         raise ConfigError(f"--engine must be one of {', '.join(INT8_ENGINES)}, not {engine!r}")

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Iterator
 from enum import Enum
 from typing import Any
 
-from streamer.errors import ConfigError
-from streamer.types import Frame
+from streamer.core.errors import ConfigError
+from streamer.core.types import Frame
 
 __all__ = [
     "BufferPolicy",

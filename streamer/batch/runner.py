@@ -55,7 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from streamer.batch_workers import (
+from streamer.batch.workers import (
     ClusterError,
     Job,
     JobResult,
@@ -65,8 +65,8 @@ from streamer.batch_workers import (
     WorkerPlan,
 )
 from streamer.config import Config, config_from_dict, merge, parse_override, read_yaml
-from streamer.errors import ConfigError, StreamerError
-from streamer.heap import return_large_buffers
+from streamer.core.errors import ConfigError, StreamerError
+from streamer.core.heap import return_large_buffers
 
 __all__ = [
     "BatchReport",
@@ -103,7 +103,7 @@ class SourceSpec:
 
 
 def _is_stream_uri(uri: str) -> bool:
-    from streamer.sources import LIVE_SCHEMES
+    from streamer.io.sources import LIVE_SCHEMES
 
     text = uri.strip()
     if text.isdigit() or text.startswith("/dev/video"):
@@ -808,7 +808,7 @@ def main(argv: list[str] | None = None) -> int:
                                  skip_existing=args.skip_existing,
                                  progress=not args.no_progress)
         if args.report:
-            from streamer.sinks import check_output_path
+            from streamer.io.sinks import check_output_path
 
             check_output_path(args.report)
         out_dir = Path(args.output_dir)
@@ -845,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_output_dir(out_dir: Path) -> None:
-    from streamer.errors import SinkError
+    from streamer.core.errors import SinkError
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamer.engines import Engine, check_engine_options, create_engine
-from streamer.errors import ConfigError
+from streamer.core.errors import ConfigError
+from streamer.core.types import Box, ParseResult, Person
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
@@ -39,9 +39,9 @@ from streamer.m2fp.preprocess import (
     to_multi_canvas,
     to_single_canvas,
 )
-from streamer.render import PERSON_ONLY
-from streamer.reuse import CropMemory
-from streamer.types import Box, ParseResult, Person
+from streamer.parsing.engines import Engine, check_engine_options, create_engine
+from streamer.vision.render import PERSON_ONLY
+from streamer.vision.reuse import CropMemory
 
 log = logging.getLogger("streamer.parser")
 

@@ -29,8 +29,8 @@ from typing import Any
 import av
 import numpy as np
 
-from streamer.errors import SinkError
-from streamer.types import VideoInfo
+from streamer.core.errors import SinkError
+from streamer.core.types import VideoInfo
 
 __all__ = [
     "VIDEO_SUFFIXES",

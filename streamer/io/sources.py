@@ -32,8 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import av
 import numpy as np
 
-from streamer.errors import ConfigError, SourceError
-from streamer.types import Frame, VideoInfo
+from streamer.core.errors import ConfigError, SourceError
+from streamer.core.types import Frame, VideoInfo
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from streamer.heap import return_large_buffers
+from streamer.core.heap import return_large_buffers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -131,21 +131,21 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     import numpy as np
     from PIL import Image
 
-    from streamer.parser import HumanParser
-    from streamer.render import Renderer
-    from streamer.sources import open_source
+    from streamer.io.sources import open_source
+    from streamer.parsing.parser import HumanParser
+    from streamer.vision.render import Renderer
 
     with open_source(source, config.source) as images:
         frame = next(iter(images), None)
     if frame is None:
-        from streamer.errors import SourceError
+        from streamer.core.errors import SourceError
 
         raise SourceError(f"no readable image in {source}")
     parser = HumanParser(config.parser)
     if config.detector.type == "full" or not parser.single_person:
         result = parser.parse(frame.image)
     else:
-        from streamer.detect import PersonFinder
+        from streamer.vision.detect import PersonFinder
 
         persons = PersonFinder(config.detector).find(frame.image, 0)
         # A photo with no detected person is parsed whole, as one person.
@@ -160,9 +160,9 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
 
 # Subcommands live in their own modules; each has main(argv) -> exit code.
 SUBCOMMANDS = {
-    "eval": "streamer.evaluate",
-    "serve": "streamer.serve",
-    "batch": "streamer.batch",
+    "eval": "streamer.apps.evaluate",
+    "serve": "streamer.serve.service",
+    "batch": "streamer.batch.runner",
 }
 
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     stopper = SignalStop()
     stopper.install()
-    from streamer.errors import ConfigError, StreamerError
+    from streamer.core.errors import ConfigError, StreamerError
 
     try:
         from streamer.config import load_config
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("no source given: pass --source or set source.uri in --config")
         if not output and not config.output.show and not config.output.metrics:
             raise ConfigError("nothing to do: pass --output FILE, --show or --metrics FILE")
-        from streamer.sinks import VIDEO_SUFFIXES, check_output_path
+        from streamer.io.sinks import VIDEO_SUFFIXES, check_output_path
 
         for extra in (config.output.metrics, config.output.stats_jsonl):
             if extra:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.output.labels_dir:
             Path(config.output.labels_dir).mkdir(parents=True, exist_ok=True)
 
-        from streamer.metrics import format_summary
+        from streamer.core.metrics import format_summary
         from streamer.pipeline import Pipeline
 
         pipeline = Pipeline(config)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from streamer.types import Box, ParseResult
+from streamer.core.types import Box, ParseResult
 
 __all__ = [
     "CIHP_CLASSES",

@@ -109,17 +109,17 @@ from streamer.config import (
     parse_override,
     read_yaml,
 )
-from streamer.detect import Detector, DetectorOptions, PersonFinder, make_detector
-from streamer.engines import file_digest
-from streamer.errors import ConfigError, ModelError, StreamerError
-from streamer.heap import return_large_buffers
+from streamer.core.errors import ConfigError, ModelError, StreamerError
+from streamer.core.heap import return_large_buffers
+from streamer.core.metrics import percentiles
+from streamer.core.types import Box, ParseResult, Person
+from streamer.io.sources import redact_url
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
-from streamer.metrics import percentiles
-from streamer.parser import HumanParser, ParserOptions
+from streamer.parsing.engines import file_digest
+from streamer.parsing.parser import HumanParser, ParserOptions
 from streamer.pipeline import Parsed, Pipeline
-from streamer.render import PALETTE, PERSON_ONLY, OverlayStyle, Renderer, class_name
-from streamer.sources import redact_url
-from streamer.types import Box, ParseResult, Person
+from streamer.vision.detect import Detector, DetectorOptions, PersonFinder, make_detector
+from streamer.vision.render import PALETTE, PERSON_ONLY, OverlayStyle, Renderer, class_name
 
 __all__ = [
     "BackgroundServer",

@@ -32,8 +32,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from streamer.errors import ConfigError, ModelError
-from streamer.types import Box, Person, whole_pixels
+from streamer.core.errors import ConfigError, ModelError
+from streamer.core.types import Box, Person, whole_pixels
 
 __all__ = [
     "DETECTOR_TYPES",

@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamer.errors import ConfigError, StreamerError
-from streamer.heap import return_large_buffers
+from streamer.core.errors import ConfigError, StreamerError
+from streamer.core.heap import return_large_buffers
 
 log = logging.getLogger("streamer.batch")
 
@@ -194,7 +194,7 @@ class ParseWorker:
         self.info = WorkerInfo(socket.gethostname(), os.getpid(), threads)
         self._parser: Any = None
         try:
-            from streamer.parser import HumanParser
+            from streamer.parsing.parser import HumanParser
 
             self._parser = HumanParser(dataclasses.replace(parser_options, threads=threads))
         except StreamerError as exc:
@@ -303,7 +303,7 @@ class ParseWorker:
         if job.live or "://" in job.source or Path(job.source).exists():
             return
         if self.info.host != job.driver_host:
-            from streamer.errors import SourceError
+            from streamer.core.errors import SourceError
 
             raise SourceError(
                 f"{job.source} not found on worker node {self.info.host}",

@@ -1,0 +1,1 @@
+"""Commands: ``run_stream.py`` (cli) and ``run_stream.py eval``."""

@@ -1,0 +1,1 @@
+"""``run_stream.py batch``: many files and streams on a process pool or Ray."""

@@ -1,0 +1,1 @@
+"""``run_stream.py serve``: the web service and its page (``web/``)."""

@@ -1,0 +1,1 @@
+"""Image work around the network: person detection, overlay, crop reuse, carrying a parse."""
