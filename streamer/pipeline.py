@@ -152,6 +152,26 @@ class Pipeline:
         with self._latest_lock:
             return self._latest
 
+    def live_summary(self) -> dict[str, Any]:
+        """The run's summary so far, safe to call from another thread while it runs.
+
+        :class:`RunMetrics` gets the drop and source counters only when the run ends; here
+        they are read live (frames dropped by the buffers, reconnects, decode errors, gaps).
+
+        Example:
+            >>> pipeline.live_summary()["frames_dropped"]
+            0
+        """
+        summary = self.metrics.summary()
+        summary["frames_dropped"] = max(summary["frames_dropped"],
+                                        sum(int(b.dropped) for b in self._buffers))
+        with contextlib.suppress(RuntimeError):
+            stats = self.source.stats
+            summary["reconnects"] = max(summary["reconnects"], int(stats.reconnects))
+            summary["decode_errors"] = max(summary["decode_errors"], int(stats.decode_errors))
+            summary["gap_seconds"] = max(summary["gap_seconds"], round(stats.gap_seconds, 3))
+        return summary
+
     # ----------------------------------------------------------------- threads
     def _timed_frames(self, source: Source) -> Iterator[Frame]:
         frames = iter(source)

@@ -202,3 +202,19 @@ def test_detector_thread_ahead_of_the_parser_changes_nothing(tmp_path, media, ti
                                                               strict=True):
         assert i == j and boxes_a == boxes_b
         assert np.array_equal(labels_a, labels_b)
+
+
+def test_live_summary_counts_drops_while_the_run_goes_on(tmp_path, tiny_single_model, parser):
+    # RunMetrics learns the drop count at the end; live_summary() (the web service's /streams
+    # view) reads it while the frames still come.
+    clip = make_clip(tmp_path / "in.mp4", frames=40, size=(160, 120), fps=25)
+    config = config_for(tiny_single_model, "detector.type=full", "source.realtime=true")
+    pipeline = Pipeline(config, str(clip), parser=SleepyParser(parser, 0.2))
+    assert pipeline.live_summary()["frames_dropped"] == 0  # not started: nothing to read yet
+    live, final_so_far = [], []
+    for _ in pipeline:
+        live.append(pipeline.live_summary()["frames_dropped"])
+        final_so_far.append(pipeline.metrics.summary()["frames_dropped"])
+    assert max(live) > 0 and max(final_so_far) == 0
+    assert live == sorted(live)
+    assert pipeline.live_summary()["frames_dropped"] == pipeline.metrics.summary()["frames_dropped"]

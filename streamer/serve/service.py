@@ -789,18 +789,7 @@ class StreamHandle:
 
     def summary(self) -> dict[str, Any]:
         """The CLI's summary, with the live counters filled in while the stream runs."""
-        pipeline = self.pipeline
-        summary = pipeline.metrics.summary()
-        # RunMetrics gets drops and source counters only when the run ends; read them live.
-        buffers = getattr(pipeline, "_buffers", None) or []
-        summary["frames_dropped"] = max(summary["frames_dropped"],
-                                        sum(int(b.dropped) for b in buffers))
-        with contextlib.suppress(RuntimeError):
-            stats = pipeline.source.stats
-            summary["reconnects"] = max(summary["reconnects"], int(stats.reconnects))
-            summary["decode_errors"] = max(summary["decode_errors"], int(stats.decode_errors))
-            summary["gap_seconds"] = max(summary["gap_seconds"], round(stats.gap_seconds, 3))
-        return summary
+        return self.pipeline.live_summary()
 
     def info(self) -> dict[str, Any]:
         policy = self.pipeline.policy
