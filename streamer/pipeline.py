@@ -36,7 +36,7 @@ from streamer.config import Config
 from streamer.core.errors import ConfigError
 from streamer.core.metrics import RunMetrics
 from streamer.core.types import Frame, ParseResult, Person
-from streamer.io.buffers import BufferPolicy, FrameBuffer, make_buffer
+from streamer.io.buffers import BufferPolicy, DropOldestBuffer, FrameBuffer, make_buffer
 from streamer.io.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
 from streamer.io.sources import Source, open_source
 from streamer.parsing.parser import HumanParser
@@ -71,23 +71,6 @@ class Detected:
     frame: Frame
     persons: list[Person] | None
     velocities: dict[int, np.ndarray]
-
-
-class DropOldestBuffer(FrameBuffer):
-    """A bounded FIFO that discards its oldest item when full; used for live display."""
-
-    policy = BufferPolicy.LATEST
-
-    def put(self, item: Any) -> bool:
-        with self._cond:
-            if self._closed:
-                return False
-            if len(self._items) >= self.maxsize:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
 
 
 class Pipeline:

@@ -13,6 +13,7 @@ from streamer.core.errors import ConfigError, SourceError
 from streamer.core.types import Frame
 from streamer.io.buffers import (
     BufferPolicy,
+    DropOldestBuffer,
     LatestBuffer,
     SourceReader,
     WaitBuffer,
@@ -104,3 +105,14 @@ def test_stop_interrupts_a_paced_source(clip: Path) -> None:
 def test_get_times_out() -> None:
     with pytest.raises(TimeoutError):
         make_buffer("latest").get(timeout=0.05)
+
+
+def test_drop_oldest_keeps_the_newest_items_in_order() -> None:
+    buffer = DropOldestBuffer(3)
+    assert buffer.policy is BufferPolicy.LATEST
+    assert all(buffer.put(n) for n in range(5))
+    buffer.finish()
+    assert [buffer.get(timeout=1), buffer.get(timeout=1), buffer.get(timeout=1)] == [2, 3, 4]
+    assert buffer.get(timeout=1) is None and buffer.dropped == 2
+    buffer.close()
+    assert buffer.put(5) is False

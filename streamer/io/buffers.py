@@ -33,6 +33,7 @@ from streamer.core.types import Frame
 
 __all__ = [
     "BufferPolicy",
+    "DropOldestBuffer",
     "FrameBuffer",
     "LatestBuffer",
     "SourceReader",
@@ -179,6 +180,29 @@ class LatestBuffer(FrameBuffer):
             if self._closed:
                 return False
             if self._items:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+
+class DropOldestBuffer(FrameBuffer):
+    """A bounded FIFO that discards its oldest item when full; used for live display.
+
+    Example:
+        >>> buffer = DropOldestBuffer(2)
+        >>> [buffer.put(n) for n in range(3)], buffer.get(), buffer.dropped
+        ([True, True, True], 1, 1)
+    """
+
+    policy = BufferPolicy.LATEST
+
+    def put(self, item: Any) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            if len(self._items) >= self.maxsize:
                 self._items.popleft()
                 self.dropped += 1
             self._items.append(item)
