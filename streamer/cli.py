@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="pace a file as if it were live (tests the live frame-skipping)")
     p.add_argument("--metrics", help="write the run summary as JSON to this file")
-    p.add_argument("--labels-out", help="write one label-map PNG per frame to this folder")
+    p.add_argument("--labels-out", help="write one label-map PNG per frame to this folder "
+                   "(named after the image for image folders, else 000000.png, ...)")
     p.add_argument("--stats-jsonl", help="write per-frame stats as JSON lines to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="WARNING",
@@ -152,10 +153,43 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
         result = parser.parse(frame.image, persons or None)
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
+    if config.output.labels_dir:
+        from streamer.sinks import LabelMapSink
+
+        with LabelMapSink(config.output.labels_dir, fmt=config.output.labels_format) as sink:
+            sink.write(result.labels, frame.index, name=frame.name)
     counts = result.class_pixel_counts()
     counts.pop("Background", None)
     classes = ", ".join(f"{name} {pixels}" for name, pixels in counts.items()) or "none"
     print(f"wrote {output}: {len(result.persons)} person(s); pixels per class: {classes}")
+
+
+def check_outputs(config: Any, *, photo: bool = False) -> None:
+    """Every output of a run checked before any work: none may be the input (same path, a
+    link to it, the same inode), each must be writable (not read-only, not /proc), and the
+    label folder is created. Raises :class:`ConfigError` or :class:`SinkError`, one line.
+
+    Example:
+        >>> check_outputs(load_config(None, ["source.uri=c.mp4", "output.path=c.mp4"]))
+        Traceback (most recent call last):
+        streamer.errors.ConfigError: --output c.mp4 is the input c.mp4; ...
+    """
+    from streamer.paths import check_labels_dir, check_not_input, input_files
+    from streamer.sinks import VIDEO_SUFFIXES, check_output_path, prepare_labels_dir
+
+    out = config.output
+    inputs = input_files(config.source.uri)
+    for option, path in (("--output", out.path), ("--metrics", out.metrics),
+                         ("--stats-jsonl", out.stats_jsonl), ("--labels-out", out.labels_dir)):
+        check_not_input(path, inputs, option)
+    check_labels_dir(out.labels_dir, config.source.uri, inputs)
+    for extra in (out.metrics, out.stats_jsonl):
+        if extra:
+            check_output_path(extra)
+    if out.path:
+        check_output_path(out.path, suffixes=IMAGE_OUTPUTS if photo else VIDEO_SUFFIXES)
+    if out.labels_dir:
+        prepare_labels_dir(out.labels_dir)
 
 
 # Subcommands live in their own modules; each has main(argv) -> exit code.
@@ -192,21 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         source, output = config.source.uri, config.output.path
         if source is None:
             raise ConfigError("no source given: pass --source or set source.uri in --config")
-        if not output and not config.output.show and not config.output.metrics:
-            raise ConfigError("nothing to do: pass --output FILE, --show or --metrics FILE")
-        from streamer.sinks import VIDEO_SUFFIXES, check_output_path
-
-        for extra in (config.output.metrics, config.output.stats_jsonl):
-            if extra:
-                check_output_path(extra)
-        if output and Path(output).suffix.lower() in IMAGE_OUTPUTS:
-            check_output_path(output, suffixes=IMAGE_OUTPUTS)
+        out = config.output
+        if not (output or out.show or out.metrics or out.labels_dir or out.stats_jsonl):
+            raise ConfigError("nothing to do: pass --output FILE, --show, --labels-out DIR, "
+                              "--stats-jsonl FILE or --metrics FILE")
+        photo = bool(output) and Path(output).suffix.lower() in IMAGE_OUTPUTS
+        check_outputs(config, photo=photo)
+        if photo:
             _parse_photo(config, str(source), output)
             return EXIT_OK
-        if output:
-            check_output_path(output, suffixes=VIDEO_SUFFIXES)
-        if config.output.labels_dir:
-            Path(config.output.labels_dir).mkdir(parents=True, exist_ok=True)
 
         from streamer.metrics import format_summary
         from streamer.pipeline import Pipeline

@@ -391,7 +391,8 @@ class Pipeline:
                 if labels is not None:
                     labels.write(
                         result.labels if result is not None
-                        else np.zeros(frame.image.shape[:2], np.uint8), frame.index)
+                        else np.zeros(frame.image.shape[:2], np.uint8), frame.index,
+                        name=frame.name)
                 self.metrics.add_stage("encode", time.perf_counter() - started)
                 self.metrics.add_output(frame.capture_time)
                 if stats is not None:

@@ -722,10 +722,16 @@ class ImageSource(Source):
                 )
         else:
             self.files = [path]
-        first = self._read(self.files[0])
-        if first is None and len(self.files) == 1:
-            raise SourceError(f"cannot read image {path}", hint="check that it is a valid image")
-        height, width = first.shape[:2] if first is not None else (0, 0)
+        # The output is sized from the first image that reads: a damaged file first in the
+        # folder is skipped (with a warning when frames are read), never taken as the size.
+        first = next((image for image in map(self._read, self.files) if image is not None), None)
+        if first is None:
+            if len(self.files) == 1:
+                raise SourceError(f"cannot read image {path}",
+                                  hint="check that it is a valid image")
+            raise SourceError(f"none of the {len(self.files)} images in {path} can be read",
+                              hint="check that they are valid image files")
+        height, width = first.shape[:2]
         fps = float(self.options.image_fps)
         self.info = VideoInfo(
             width=width,
@@ -758,7 +764,7 @@ class ImageSource(Source):
             timestamp = float(number * tb) if tb else number / self.info.fps
             if pacer is not None:
                 pacer.wait(timestamp)
-            yield Frame(index, image, timestamp, time.monotonic(), number, tb)
+            yield Frame(index, image, timestamp, time.monotonic(), number, tb, name=path.stem)
             index += 1
 
 

@@ -43,6 +43,7 @@ class Frame:
     ``pts`` is the presentation timestamp in ``time_base`` units (``None`` when the source has
     none, such as a webcam); ``timestamp`` is the same in seconds. ``capture_time`` is
     ``time.monotonic()`` when the frame left the decoder, used for end-to-end latency.
+    ``name`` is the source image's file stem for images (``None`` for video frames).
     """
 
     index: int
@@ -51,6 +52,9 @@ class Frame:
     capture_time: float
     pts: int | None = None
     time_base: Fraction | None = None
+    #: The file stem of an image read from a folder (``None`` for video): label maps and
+    #: other per-frame files are named after it.
+    name: str | None = None
 
     @property
     def height(self) -> int:

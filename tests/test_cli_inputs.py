@@ -1,0 +1,214 @@
+"""run_stream.py against hostile inputs (issue 14): outputs that are the input, unreadable
+images, odd sizes and aspect ratios, unwritable label folders, broken config files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from media_helpers import make_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_stream.py"), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kwargs)
+
+
+def error_line(proc: subprocess.CompletedProcess | Ran, code: int) -> str:
+    """The one ``error:`` line of a failed run (and no traceback)."""
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli_main(capsys):
+    """``run_stream.py`` in this process (no interpreter start-up: checks that must fail before
+    any work are cheap to run this way); its signal handlers are put back afterwards."""
+    from streamer.cli import main
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def call(*args: str) -> Ran:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    yield call
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_image(path: Path, width: int, height: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (height, width, 3), np.uint8)
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("inputs") / "clip.mp4", frames=12,
+                     size=(160, 120), fps=25)
+
+
+# ------------------------------------------------------------------ item 1: output == input
+@pytest.mark.parametrize("how", ["same-string", "dot-path", "symlink", "hardlink"])
+def test_output_that_is_the_input_is_refused_before_work(tmp_path, clip, how, cli_main):
+    source = tmp_path / "c.mp4"
+    shutil.copy(clip, source)
+    before = digest(source)
+    output = {"same-string": str(source), "dot-path": f"{tmp_path}/./c.mp4"}.get(how)
+    if how == "symlink":
+        os.symlink(source, tmp_path / "link.mp4")
+        output = str(tmp_path / "link.mp4")
+    elif how == "hardlink":
+        os.link(source, tmp_path / "hard.mp4")
+        output = str(tmp_path / "hard.mp4")
+    # A model that does not exist: reaching the model would be a different error.
+    args = ("--source", str(source), "--output", output, "--model",
+            str(tmp_path / "no-model"), "--engine", "torch", "--no-progress")
+    proc = run_cli(*args) if how == "same-string" else cli_main(*args)
+    line = error_line(proc, 2)
+    assert "--output" in line and "is the input" in line and "no-model" not in line
+    assert digest(source) == before
+
+
+@pytest.mark.parametrize("option", ["--stats-jsonl", "--metrics", "--labels-out"])
+def test_side_outputs_that_are_the_input_are_refused(tmp_path, clip, option, cli_main):
+    source = tmp_path / "c.mp4"
+    shutil.copy(clip, source)
+    before = digest(source)
+    os.link(source, tmp_path / "hard.jsonl")
+    target = str(tmp_path / "hard.jsonl") if option != "--labels-out" else str(source)
+    proc = cli_main("--source", str(source), option, target, "--model",
+                    str(tmp_path / "no-model"), "--engine", "torch", "--no-progress")
+    line = error_line(proc, 2)
+    assert option in line and "is the input" in line
+    assert digest(source) == before
+
+
+def test_labels_into_the_image_folder_being_read_are_refused(tmp_path, cli_main):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    first = write_image(folder / "a.png", 64, 48)
+    before = digest(first)
+    proc = cli_main("--source", str(folder), "--labels-out", str(folder), "--model",
+                    str(tmp_path / "no-model"), "--engine", "torch")
+    assert "image folder being read" in error_line(proc, 2)
+    # A photo's label map is named after it: its own folder would overwrite it.
+    proc = cli_main("--source", str(first), "--labels-out", str(folder), "--model",
+                    str(tmp_path / "no-model"), "--engine", "torch")
+    assert "--labels-out" in error_line(proc, 2)
+    assert digest(first) == before and sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+# ------------------------------------------------------------- item 8: unwritable labels
+def test_labels_out_under_proc_fails_before_work(tmp_path, clip, cli_main):
+    proc = cli_main("--source", str(clip), "--labels-out", "/proc/streamer-test-labels",
+                   "--model", str(tmp_path / "no-model"), "--engine", "torch")
+    line = error_line(proc, 1)
+    assert "/proc/streamer-test-labels" in line and "no-model" not in line
+
+
+def test_labels_out_on_a_read_only_mount_fails_before_work(tmp_path, clip):
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) to make a read-only bind mount")
+    ro = tmp_path / "ro"
+    (ro / "labels").mkdir(parents=True)
+    cli = " ".join(f"'{a}'" for a in (
+        sys.executable, str(ROOT / "run_stream.py"), "--source", str(clip), "--labels-out",
+        str(ro / "labels"), "--model", str(tmp_path / "no-model"), "--engine", "torch"))
+    script = f"mount --bind '{ro}' '{ro}' && mount -o remount,bind,ro '{ro}' && exec {cli}"
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -m is not permitted here: {probe.stderr.decode().strip()}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    line = error_line(proc, 1)
+    assert str(ro / "labels") in line and "no-model" not in line
+
+
+# ------------------------------------------------------- item 4: an unreadable first image
+def test_unreadable_first_image_is_skipped_and_does_not_size_the_output(
+        tmp_path, tiny_single_model):
+    import av
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    (folder / "00_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really an image")
+    write_image(folder / "01.png", 96, 64, seed=1)
+    write_image(folder / "02.png", 96, 64, seed=2)
+    out = tmp_path / "out.mp4"
+    proc = run_cli("--source", str(folder), "--output", str(out), "--model",
+                   str(tiny_single_model), "--engine", "torch", "--detector", "full",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "skipping unreadable image" in proc.stderr and "00_broken.png" in proc.stderr
+    with av.open(str(out)) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == 2 and (frames[0].width, frames[0].height) == (96, 64)
+
+
+def test_a_folder_of_only_unreadable_images_fails(tmp_path, cli_main):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.png", "b.jpg"):
+        (folder / name).write_bytes(b"garbage")
+    proc = cli_main("--source", str(folder), "--output", str(tmp_path / "o.mp4"), "--model",
+                    str(tmp_path / "no-model"), "--engine", "torch")
+    assert "none of the 2 images" in error_line(proc, 1)
+    assert not (tmp_path / "o.mp4").exists()
+
+
+# ------------------------------------------- item 20: label maps named after their images
+def test_labels_out_alone_names_maps_after_their_images(tmp_path, tiny_single_model):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, name in enumerate(("img10.jpg", "img2.png", "zz.bmp")):
+        write_image(folder / name, 64, 48, seed=i)
+    labels = tmp_path / "labels"
+    proc = run_cli("--source", str(folder), "--labels-out", str(labels), "--model",
+                   str(tiny_single_model), "--engine", "torch", "--detector", "full",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in labels.iterdir()) == ["img10.png", "img2.png", "zz.png"]
+    for p in labels.iterdir():
+        label = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (48, 64) and label.dtype == np.uint8
+
+
+def test_stats_jsonl_alone_is_something_to_do(tmp_path, clip, tiny_single_model):
+    stats = tmp_path / "s.jsonl"
+    proc = run_cli("--source", str(clip), "--stats-jsonl", str(stats), "--model",
+                   str(tiny_single_model), "--engine", "torch", "--detector", "full",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    assert len(records) == 12
