@@ -212,3 +212,15 @@ def test_stats_jsonl_alone_is_something_to_do(tmp_path, clip, tiny_single_model)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in stats.read_text().splitlines()]
     assert len(records) == 12
+
+
+# ------------------------------------------------------------- items 9, 10: config files
+@pytest.mark.parametrize("text", [b"parse:\n  every: 2  # \xe9\xff\n", b"detector:\n  pad: .nan\n"])
+def test_bad_config_files_are_one_line(tmp_path, clip, cli_main, text):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(text)
+    proc = cli_main("--config", str(config), "--source", str(clip), "--output",
+                    str(tmp_path / "o.mp4"), "--model", str(tmp_path / "no-model"))
+    line = error_line(proc, 2)
+    assert str(config) in line or "detector.pad" in line
+    assert not (tmp_path / "o.mp4").exists()
