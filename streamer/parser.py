@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from streamer.engines import Engine, check_engine_options, create_engine
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, ModelError
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
@@ -97,6 +97,13 @@ class HumanParser:
         self.options = options
         self.model_dir = resolve_model_dir(options.model)
         self.cfg = load_model_config(self.model_dir)
+        # Every engine (compiled ones too: their cache is keyed by the checkpoint's hash)
+        # needs the checkpoint; say so here rather than fail deep inside an exporter.
+        if not (self.model_dir / CHECKPOINT_FILE).is_file():
+            raise ModelError(f"no {CHECKPOINT_FILE} in model directory {self.model_dir}",
+                             hint="pass a directory holding configuration.json and "
+                             f"{CHECKPOINT_FILE} (python -m streamer.testing.make_model makes "
+                             "a random-weight one for trying things out)")
         self.threads = options.threads or os.cpu_count() or 1
         self._net: M2FP | None = None
         self._engines: dict[tuple[int, int], Engine] = {}

@@ -224,3 +224,16 @@ def test_bad_config_files_are_one_line(tmp_path, clip, cli_main, text):
     line = error_line(proc, 2)
     assert str(config) in line or "detector.pad" in line
     assert not (tmp_path / "o.mp4").exists()
+
+
+# ---------------------------------------------------- item 5: a model without its weights
+@pytest.mark.parametrize("engine", ["openvino", "onnxruntime", "torchscript", "torch"])
+def test_model_dir_without_checkpoint_is_one_line_on_every_engine(
+        tmp_path, clip, tiny_single_model, cli_main, engine):
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(tiny_single_model / "configuration.json", model)
+    proc = cli_main("--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--model",
+                    str(model), "--engine", engine, "--no-progress")
+    line = error_line(proc, 1)
+    assert "no pytorch_model.pt in model directory" in line and str(model) in line
