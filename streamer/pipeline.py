@@ -228,7 +228,13 @@ class Pipeline:
                 if got is None:
                     break
                 detected = self._find(finder, got) if finder is not None else got
-                parse_now = seen % every == 0
+                # A frame of another size than the last parse (a folder of photos of mixed
+                # sizes, a stream that changed resolution) is a new scene: parse it, since a
+                # parse of another picture cannot be carried onto it.
+                resized = last is not None and last.labels.shape != detected.frame.image.shape[:2]
+                parse_now = seen % every == 0 or resized
+                if resized:
+                    seen = 0
                 seen += 1
                 if parse_now:
                     last = self._parse(detected, memory)

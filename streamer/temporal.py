@@ -461,7 +461,8 @@ class Carrier:
               source_image: np.ndarray | None = None, source_index: int | None = None,
               velocities: Mapping[int, np.ndarray] | None = None) -> ParseResult | None:
         """The parse to show on frame ``index`` (``image``), from the latest ``result``."""
-        if result is None:
+        if result is None or result.labels.shape != image.shape[:2]:
+            # Nothing parsed, or a parse of a frame of another size: nothing to carry over.
             self.reset()
             return None
         last = self._last

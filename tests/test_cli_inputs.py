@@ -237,3 +237,21 @@ def test_model_dir_without_checkpoint_is_one_line_on_every_engine(
                     str(model), "--engine", engine, "--no-progress")
     line = error_line(proc, 1)
     assert "no pytorch_model.pt in model directory" in line and str(model) in line
+
+
+# ------------------------------------- item 6: --parse-every over images of different sizes
+@pytest.mark.parametrize("detector", ["full", "hog"])
+def test_parse_every_over_images_of_different_sizes(tmp_path, tiny_single_model, detector):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    sizes = [(120, 90), (90, 86), (90, 86), (120, 90), (64, 140)]
+    for i, (w, h) in enumerate(sizes):
+        write_image(folder / f"{i:02d}.png", w, h, seed=i)
+    labels, out = tmp_path / "labels", tmp_path / "o.mp4"
+    proc = run_cli("--source", str(folder), "--parse-every", "2", "--output", str(out),
+                   "--labels-out", str(labels), "--model", str(tiny_single_model),
+                   "--engine", "torch", "--detector", detector, "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    for i, (w, h) in enumerate(sizes):
+        label = cv2.imread(str(labels / f"{i:02d}.png"), cv2.IMREAD_UNCHANGED)
+        assert label.shape == (h, w)
