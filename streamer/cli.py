@@ -142,6 +142,13 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
         from streamer.errors import SourceError
 
         raise SourceError(f"no readable image in {source}")
+    from streamer.types import unparseable_size
+
+    reason = unparseable_size(frame.height, frame.width)
+    if reason is not None:
+        from streamer.errors import SourceError
+
+        raise SourceError(f"{source}: image of {reason}", hint="pass a larger image")
     parser = HumanParser(config.parser)
     if config.detector.type == "full" or not parser.single_person:
         result = parser.parse(frame.image)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from streamer.engines import Engine, check_engine_options, create_engine
-from streamer.errors import ConfigError, ModelError
+from streamer.errors import ConfigError, ModelError, SourceError
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
@@ -41,7 +41,7 @@ from streamer.m2fp.preprocess import (
 )
 from streamer.render import PERSON_ONLY
 from streamer.reuse import CropMemory
-from streamer.types import Box, ParseResult, Person
+from streamer.types import Box, ParseResult, Person, unparseable_size
 
 log = logging.getLogger("streamer.parser")
 
@@ -165,6 +165,9 @@ class HumanParser:
         ``memory``, a tracked person whose crop barely changed since their last parse keeps
         that parse instead of being parsed again.
         """
+        reason = unparseable_size(*image.shape[:2])
+        if reason is not None:  # it would shrink to nothing on the model's canvas
+            raise SourceError(f"image of {reason}", hint="pass a larger image")
         if not self.single_person:
             return self._parse_multi(image)
         h, w = image.shape[:2]

@@ -35,15 +35,15 @@ import numpy as np
 from streamer.buffers import BufferPolicy, FrameBuffer, make_buffer
 from streamer.config import Config
 from streamer.detect import PersonFinder
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, SourceError
 from streamer.metrics import RunMetrics
 from streamer.parser import HumanParser
 from streamer.render import Renderer
 from streamer.reuse import CropMemory
 from streamer.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
-from streamer.sources import Source, open_source
+from streamer.sources import ImageSource, Source, open_source
 from streamer.temporal import Carrier
-from streamer.types import Frame, ParseResult, Person
+from streamer.types import Frame, ParseResult, Person, unparseable_size
 
 log = logging.getLogger("streamer.pipeline")
 
@@ -119,6 +119,7 @@ class Pipeline:
         self._buffers: list[FrameBuffer] = []
         self._latest: Parsed | None = None
         self._latest_lock = threading.Lock()
+        self._warned_sizes: set[tuple[int, int]] = set()
         self.policy: BufferPolicy | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -177,12 +178,29 @@ class Pipeline:
             for out in outputs:
                 out.finish(error)
 
+    @staticmethod
+    def _many_images(source: Source) -> bool:
+        return isinstance(source, ImageSource) and len(source.files) > 1
+
+    def _unparseable(self, frame: Frame) -> bool:
+        """A frame too small or too thin to parse (folders of mixed images, a stream that
+        changed size): it goes out as it came in, with one warning per size."""
+        reason = unparseable_size(frame.height, frame.width)
+        if reason is None:
+            return False
+        size = (frame.height, frame.width)
+        if size not in self._warned_sizes:
+            self._warned_sizes.add(size)
+            what = f"image {frame.name}" if frame.name else f"frame {frame.index}"
+            log.warning("%s is passed through unparsed: %s", what, reason)
+        return True
+
     def _whole_frame(self) -> bool:
         return self.config.detector.type == "full" or not self.parser.single_person
 
     def _find(self, finder: PersonFinder, frame: Frame) -> Detected:
         """The people in one frame, with their tracked box motion (timed as ``detect``)."""
-        if self._whole_frame():
+        if self._whole_frame() or unparseable_size(frame.height, frame.width) is not None:
             return Detected(frame, None, {})
         started = time.perf_counter()
         persons = finder.find(frame.image, frame.index)
@@ -228,6 +246,10 @@ class Pipeline:
                 if got is None:
                     break
                 detected = self._find(finder, got) if finder is not None else got
+                if self._unparseable(detected.frame):
+                    if outbox is not None and not outbox.put(Parsed(detected.frame, None, False)):
+                        break
+                    continue
                 # A frame of another size than the last parse (a folder of photos of mixed
                 # sizes, a stream that changed resolution) is a new scene: parse it, since a
                 # parse of another picture cannot be carried onto it.
@@ -278,7 +300,13 @@ class Pipeline:
                 else cfg.buffer.policy)
             self.policy = policy
             info = source.info
-            self.parser.warm_up((info.height, info.width))
+            reason = unparseable_size(info.height, info.width)
+            if reason is not None:
+                if not self._many_images(source):
+                    raise SourceError(f"{source.uri}: frames of {reason}",
+                                      hint="pass a larger video or image")
+            else:
+                self.parser.warm_up((info.height, info.width))
             if policy is BufferPolicy.LATEST and cfg.output.frames == "all":
                 yield from self._items_live(source)
             else:

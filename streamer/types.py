@@ -65,6 +65,30 @@ class Frame:
         return int(self.image.shape[1])
 
 
+#: The smallest frame side, in pixels, that is parsed: nothing smaller can show a person.
+MIN_PARSE_SIDE = 16
+#: The most elongated frame that is parsed (long side / short side). Fitted onto the model's
+#: canvas, a thinner strip would shrink to less than a pixel across (a 2x4000 video).
+MAX_PARSE_ASPECT = 16
+
+
+def unparseable_size(height: int, width: int) -> str | None:
+    """Why a ``height x width`` frame cannot be parsed, or ``None`` when it can.
+
+    Example:
+        >>> unparseable_size(480, 640) is None
+        True
+        >>> unparseable_size(4000, 2)
+        '2x4000 px, too small or too thin to parse (frames need at least 16 px on each side ...'
+    """
+    short, long = min(height, width), max(height, width)
+    if short >= MIN_PARSE_SIDE and long <= MAX_PARSE_ASPECT * short:
+        return None
+    return (f"{width}x{height} px, too small or too thin to parse (frames need at least "
+            f"{MIN_PARSE_SIDE} px on each side, and the long side at most {MAX_PARSE_ASPECT} "
+            "times the short one)")
+
+
 def whole_pixels(x: np.ndarray | float) -> np.ndarray:
     """Pixel coordinates rounded halves up (``floor(x + 0.5)``), so whole-pixel moves add up
     whatever the start. The tracker's boxes and the carrier's shifts share it, so that a parse

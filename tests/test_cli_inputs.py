@@ -255,3 +255,45 @@ def test_parse_every_over_images_of_different_sizes(tmp_path, tiny_single_model,
     for i, (w, h) in enumerate(sizes):
         label = cv2.imread(str(labels / f"{i:02d}.png"), cv2.IMREAD_UNCHANGED)
         assert label.shape == (h, w)
+
+
+# ------------------------------------------------ item 7: extreme aspect ratios, tiny frames
+@pytest.fixture(scope="module")
+def thin_inputs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("thin")
+    return {
+        "video-2x4000": make_clip(folder / "thin.mp4", frames=3, size=(2, 4000), fps=25),
+        "png-1x40000": write_image(folder / "tall.png", 1, 40000),
+        "png-40000x1": write_image(folder / "wide.png", 40000, 1),
+        "png-8x8": write_image(folder / "tiny.png", 8, 8),
+    }
+
+
+@pytest.mark.parametrize("name", ["video-2x4000", "png-1x40000", "png-40000x1", "png-8x8"])
+@pytest.mark.parametrize("detector", ["hog", "full"])
+def test_a_frame_too_thin_to_parse_is_one_line_before_work(
+        tmp_path, tiny_single_model, thin_inputs, cli_main, name, detector):
+    source = thin_inputs[name]
+    out = tmp_path / ("o.png" if name.startswith("png") else "o.mp4")
+    proc = cli_main("--source", str(source), "--output", str(out), "--model",
+                    str(tiny_single_model), "--engine", "torch", "--detector", detector)
+    line = error_line(proc, 1)
+    assert str(source) in line and "too small or too thin to parse" in line
+    assert not out.exists()
+
+
+def test_thin_images_in_a_folder_pass_through_unparsed(tmp_path, tiny_multi_model):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    write_image(folder / "a.png", 96, 64, seed=1)
+    write_image(folder / "b.png", 3, 300, seed=2)
+    write_image(folder / "c.png", 96, 64, seed=3)
+    labels = tmp_path / "labels"
+    proc = run_cli("--source", str(folder), "--output", str(tmp_path / "o.mp4"),
+                   "--labels-out", str(labels), "--model", str(tiny_multi_model),
+                   "--engine", "torch", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "image b is passed through unparsed" in proc.stderr
+    thin = cv2.imread(str(labels / "b.png"), cv2.IMREAD_UNCHANGED)
+    assert thin.shape == (300, 3) and not thin.any()
+    assert cv2.imread(str(labels / "c.png"), cv2.IMREAD_UNCHANGED).shape == (64, 96)
