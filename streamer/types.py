@@ -66,10 +66,10 @@ class Frame:
 
 
 #: The smallest frame side, in pixels, that is parsed: nothing smaller can show a person.
-MIN_PARSE_SIDE = 16
+MIN_PARSE_SIDE = 8
 #: The most elongated frame that is parsed (long side / short side). Fitted onto the model's
 #: canvas, a thinner strip would shrink to less than a pixel across (a 2x4000 video).
-MAX_PARSE_ASPECT = 16
+MAX_PARSE_ASPECT = 20
 
 
 def unparseable_size(height: int, width: int) -> str | None:
@@ -79,7 +79,7 @@ def unparseable_size(height: int, width: int) -> str | None:
         >>> unparseable_size(480, 640) is None
         True
         >>> unparseable_size(4000, 2)
-        '2x4000 px, too small or too thin to parse (frames need at least 16 px on each side ...'
+        '2x4000 px, too small or too thin to parse (frames need at least 8 px on each side ...'
     """
     short, long = min(height, width), max(height, width)
     if short >= MIN_PARSE_SIDE and long <= MAX_PARSE_ASPECT * short:
