@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "0 = all cores)")
     p.add_argument("--parse-every", type=int, metavar="N",
                    help="parse one frame in N, reuse the result between (parse.every)")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="stop after N frames, to try settings on a few (source.max_frames)")
+    p.add_argument("--start", type=float, metavar="SECONDS",
+                   help="begin this many seconds into a file or image folder (source.start; "
+                   "the output starts there, without the source's audio)")
     p.add_argument("--realtime", action="store_true",
                    help="pace a file as if it were live (tests the live frame-skipping)")
     p.add_argument("--metrics", help="write the run summary as JSON to this file")
@@ -86,6 +91,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "parser.threads": args.threads, "parse.every": args.parse_every,
         "output.metrics": args.metrics, "output.labels_dir": args.labels_out,
         "output.stats_jsonl": args.stats_jsonl,
+        "source.max_frames": args.max_frames, "source.start": args.start,
     }
     for key, value in simple.items():
         if value is not None:
@@ -199,6 +205,36 @@ def check_outputs(config: Any, *, photo: bool = False) -> None:
         prepare_labels_dir(out.labels_dir)
 
 
+def _print_estimate(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)  # above a running progress bar, not through it
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after set-up)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _show_notices() -> None:
+    """Print the one-line notices of slow one-off steps (streamer.notice: "compiling the
+    OpenVINO engine...") whatever the log level, bare, on stderr."""
+    notice = logging.getLogger("streamer.notice")
+    if notice.level == logging.NOTSET or notice.level > logging.INFO:
+        notice.setLevel(logging.INFO)
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        notice.addHandler(handler)
+        notice.propagate = False
+
+
 # Subcommands live in their own modules; each has main(argv) -> exit code.
 SUBCOMMANDS = {
     "eval": "streamer.evaluate",
@@ -222,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level != "ERROR":
+        _show_notices()
     stopper = SignalStop()
     stopper.install()
     from streamer.errors import ConfigError, StreamerError
@@ -250,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         stopper.target = pipeline
         if stopper.code is not None:  # Ctrl-C while starting up: nothing written yet
             return stopper.code
-        summary = pipeline.run()
+        summary = pipeline.run(on_estimate=_print_estimate)
         print(format_summary(summary))
         if output:
             print(f"wrote {output}")

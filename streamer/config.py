@@ -114,6 +114,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Inclusive lower and upper bounds; None leaves that side open.
 BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "buffer.size": (1, None),
+    "source.start": (0, None),
+    "source.max_frames": (1, None),
     "parse.every": (1, None),
     "parse.reuse_threshold": (0, 255),
     "detector.every": (1, None),

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,42 @@ class DropOldestBuffer(FrameBuffer):
             self._items.append(item)
             self._cond.notify_all()
             return True
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class _Estimate:
+    """Times the first output frames and words one estimate for the rest (``tick`` per frame).
+
+    The first frame is not counted (it fills the pipeline); the estimate is made after
+    ``2 * every + 1`` more frames (so reused frames do not make it look fast), or 10 s.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        self.need = max(3, 2 * every + 1)
+        self.first: float | None = None
+        self.count = 0
+
+    def tick(self, total: int | None) -> str | None:
+        now = time.monotonic()
+        self.count += 1
+        if self.first is None:
+            self.first = now
+            return None
+        timed = self.count - 1
+        if total is None or total <= self.count or (
+                timed < self.need and now - self.first < 10.0):
+            return None
+        per = (now - self.first) / timed
+        return (f"estimate: {total} frames at {per:.2f} s each, about "
+                f"{_duration(per * (total - self.count))} to go (timed on {timed} frames; "
+                "--max-frames N tries fewer)")
 
 
 class Pipeline:
@@ -378,11 +414,17 @@ class Pipeline:
             raise self._worker_error
 
     # ----------------------------------------------------------------- running to sinks
-    def run(self, *, show_progress: bool | None = None) -> dict[str, Any]:
-        """Run to the configured sinks and return the summary (also written to --metrics)."""
+    def run(self, *, show_progress: bool | None = None,
+            on_estimate: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Run to the configured sinks and return the summary (also written to --metrics).
+
+        ``on_estimate`` is called once with a one-line time estimate for the whole input, as
+        soon as the first frames are timed (files and folders of known length only).
+        """
         cfg = self.config.output
         renderer = Renderer(self.config.render)
         progress = None
+        estimate = _Estimate(self.config.parse.every) if on_estimate is not None else None
         with contextlib.ExitStack() as stack:
             sinks_opened = False
             video: VideoFileSink | None = None
@@ -394,7 +436,13 @@ class Pipeline:
                     sinks_opened = True
                     info = self.source.info
                     if cfg.path:
-                        audio = str(self.uri) if info.has_audio and not info.is_live else None
+                        # From a start time the video begins at 0 and the audio, copied
+                        # from the source's beginning, would not match it.
+                        audio = (str(self.uri) if info.has_audio and not info.is_live
+                                 and not self.config.source.start else None)
+                        if info.has_audio and self.config.source.start:
+                            log.warning("the audio is not copied when starting at %g s",
+                                        self.config.source.start)
                         video = stack.enter_context(VideoFileSink(
                             cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
                             preset=cfg.preset))
@@ -434,6 +482,12 @@ class Pipeline:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(parsed=self.metrics.frames_parsed, refresh=False)
+                if estimate is not None and on_estimate is not None:
+                    info = self.source.info
+                    text = estimate.tick(None if info.is_live else info.frame_count)
+                    if text is not None:
+                        on_estimate(text)
+                        estimate = None
         summary = self.metrics.summary()
         if cfg.metrics:
             self.metrics.write_json(cfg.metrics)

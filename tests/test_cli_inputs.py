@@ -297,3 +297,81 @@ def test_thin_images_in_a_folder_pass_through_unparsed(tmp_path, tiny_multi_mode
     thin = cv2.imread(str(labels / "b.png"), cv2.IMREAD_UNCHANGED)
     assert thin.shape == (300, 3) and not thin.any()
     assert cv2.imread(str(labels / "c.png"), cv2.IMREAD_UNCHANGED).shape == (64, 96)
+
+
+# --------------------------------------------- item 22: try a few frames, and say how long
+def decoded(path: Path) -> list:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_start_and_max_frames_cut_a_video(tmp_path, clip, tiny_single_model):
+    out, metrics = tmp_path / "o.mp4", tmp_path / "m.json"
+    proc = run_cli("--source", str(clip), "--start", "0.2", "--max-frames", "4", "--output",
+                   str(out), "--metrics", str(metrics), "--model", str(tiny_single_model),
+                   "--engine", "torch", "--detector", "full", "--set", "render.alpha=0",
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(metrics.read_text())["frames_read"] == 4
+    got, source = decoded(out), decoded(clip)
+    assert len(got) == 4
+    # The output starts at 0.2 s, i.e. at source frame 5 (25 fps), not at frame 0.
+    diffs = [np.abs(got[0].astype(int) - s.astype(int)).mean() for s in source]
+    assert int(np.argmin(diffs)) == 5
+    import av
+
+    with av.open(str(out)) as container:
+        assert next(container.decode(video=0)).time == pytest.approx(0.0, abs=1e-3)
+
+
+def test_start_and_max_frames_on_an_image_folder(tmp_path, tiny_single_model, cli_main):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):
+        write_image(folder / f"p{i}.png", 48, 64, seed=i)
+    labels = tmp_path / "labels"
+    proc = cli_main("--source", str(folder), "--start", "2", "--max-frames", "3",
+                    "--labels-out", str(labels), "--model", str(tiny_single_model),
+                    "--engine", "torch", "--detector", "full", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in labels.iterdir()) == ["p2.png", "p3.png", "p4.png"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("--start", "5"), "past the end"),
+    (("--start", "-1"), "source.start"),
+    (("--max-frames", "0"), "source.max_frames"),
+])
+def test_bad_start_or_max_frames_is_one_line(tmp_path, clip, cli_main, args, needle):
+    proc = cli_main("--source", str(clip), *args, "--output", str(tmp_path / "o.mp4"),
+                    "--model", str(tmp_path / "no-model"), "--engine", "torch")
+    assert needle in error_line(proc, 1 if needle == "past the end" else 2)
+
+
+def test_start_is_refused_for_live_sources():
+    from streamer.errors import ConfigError
+    from streamer.sources import SourceOptions, open_source
+
+    with pytest.raises(ConfigError, match="not to the live source"):
+        open_source("rtsp://127.0.0.1:9/none", SourceOptions(start=3))
+
+
+def test_first_run_says_it_compiles_and_prints_an_estimate(tmp_path, tiny_single_model):
+    clip = make_clip(tmp_path / "c.mp4", frames=30, size=(96, 72), fps=25)
+    env = {**os.environ, "STREAMER_CACHE": str(tmp_path / "cache")}  # a cold engine cache
+    proc = run_cli("--source", str(clip), "--output", str(tmp_path / "o.mp4"), "--model",
+                   str(tiny_single_model), "--engine", "openvino", "--detector", "full",
+                   "--no-progress", env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("compiling the OpenVINO engine") for line in lines), lines
+    estimates = [line for line in lines if line.startswith("estimate: 30 frames at ")]
+    assert len(estimates) == 1 and "to go" in estimates[0], lines
+    # A second run loads the cached engine: nothing to announce.
+    again = run_cli("--source", str(clip), "--output", str(tmp_path / "o2.mp4"), "--model",
+                    str(tiny_single_model), "--engine", "openvino", "--detector", "full",
+                    "--no-progress", "--max-frames", "2", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "compiling" not in again.stderr
