@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ class ParseConfig:
 
 @dataclass
 class RenderConfig(OverlayStyle):
-    """The overlay, and how a parse is carried to the frames after it (streamer.temporal):
+    """The overlay, and how a parse is carried to the frames after it (streamer.vision.temporal):
     ``propagate`` none | shift | flow, ``stability`` none | majority | blend over
     ``stability_depth`` parses."""
 
@@ -113,6 +114,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # Inclusive lower and upper bounds; None leaves that side open.
 BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "buffer.size": (1, None),
+    "source.start": (0, None),
+    "source.max_frames": (1, None),
     "parse.every": (1, None),
     "parse.reuse_threshold": (0, 255),
     "detector.every": (1, None),
@@ -158,6 +161,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key} expects a list, got {value!r}")
+        for item in value:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"config key {key} expects finite numbers, got {value!r}")
         return tuple(value) if origin is tuple else list(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -167,6 +173,10 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # NaN passes every range check (all comparisons are false) and inf is no setting.
+            if not math.isfinite(value):
+                raise ConfigError(f"config key {key} expects a finite number, got {value!r}",
+                                  hint="NaN and infinity are not settings")
             return float(value)
     elif tp is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -244,7 +254,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+            f"offset {exc.start})", hint="save it as UTF-8 (YAML files are text)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""

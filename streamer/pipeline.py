@@ -26,19 +26,19 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from streamer.config import Config
-from streamer.core.errors import ConfigError
+from streamer.core.errors import ConfigError, SourceError
 from streamer.core.metrics import RunMetrics
-from streamer.core.types import Frame, ParseResult, Person
+from streamer.core.types import Frame, ParseResult, Person, unparseable_size
 from streamer.io.buffers import BufferPolicy, DropOldestBuffer, FrameBuffer, make_buffer
 from streamer.io.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
-from streamer.io.sources import Source, open_source
+from streamer.io.sources import ImageSource, Source, open_source
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import PersonFinder
 from streamer.vision.render import Renderer
@@ -73,6 +73,42 @@ class Detected:
     velocities: dict[int, np.ndarray]
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class _Estimate:
+    """Times the first output frames and words one estimate for the rest (``tick`` per frame).
+
+    The first frame is not counted (it fills the pipeline); the estimate is made after
+    ``2 * every + 1`` more frames (so reused frames do not make it look fast), or 10 s.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        self.need = max(3, 2 * every + 1)
+        self.first: float | None = None
+        self.count = 0
+
+    def tick(self, total: int | None) -> str | None:
+        now = time.monotonic()
+        self.count += 1
+        if self.first is None:
+            self.first = now
+            return None
+        timed = self.count - 1
+        if total is None or total <= self.count or (
+                timed < self.need and now - self.first < 10.0):
+            return None
+        per = (now - self.first) / timed
+        return (f"estimate: {total} frames at {per:.2f} s each, about "
+                f"{_duration(per * (total - self.count))} to go (timed on {timed} frames; "
+                "--max-frames N tries fewer)")
+
+
 class Pipeline:
     """A configured run over one source. Iterate for ``(frame, result)`` or call :meth:`run`.
 
@@ -102,6 +138,7 @@ class Pipeline:
         self._buffers: list[FrameBuffer] = []
         self._latest: Parsed | None = None
         self._latest_lock = threading.Lock()
+        self._warned_sizes: set[tuple[int, int]] = set()
         self.policy: BufferPolicy | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -180,12 +217,29 @@ class Pipeline:
             for out in outputs:
                 out.finish(error)
 
+    @staticmethod
+    def _many_images(source: Source) -> bool:
+        return isinstance(source, ImageSource) and len(source.files) > 1
+
+    def _unparseable(self, frame: Frame) -> bool:
+        """A frame too small or too thin to parse (folders of mixed images, a stream that
+        changed size): it goes out as it came in, with one warning per size."""
+        reason = unparseable_size(frame.height, frame.width)
+        if reason is None:
+            return False
+        size = (frame.height, frame.width)
+        if size not in self._warned_sizes:
+            self._warned_sizes.add(size)
+            what = f"image {frame.name}" if frame.name else f"frame {frame.index}"
+            log.warning("%s is passed through unparsed: %s", what, reason)
+        return True
+
     def _whole_frame(self) -> bool:
         return self.config.detector.type == "full" or not self.parser.single_person
 
     def _find(self, finder: PersonFinder, frame: Frame) -> Detected:
         """The people in one frame, with their tracked box motion (timed as ``detect``)."""
-        if self._whole_frame():
+        if self._whole_frame() or unparseable_size(frame.height, frame.width) is not None:
             return Detected(frame, None, {})
         started = time.perf_counter()
         persons = finder.find(frame.image, frame.index)
@@ -231,7 +285,17 @@ class Pipeline:
                 if got is None:
                     break
                 detected = self._find(finder, got) if finder is not None else got
-                parse_now = seen % every == 0
+                if self._unparseable(detected.frame):
+                    if outbox is not None and not outbox.put(Parsed(detected.frame, None, False)):
+                        break
+                    continue
+                # A frame of another size than the last parse (a folder of photos of mixed
+                # sizes, a stream that changed resolution) is a new scene: parse it, since a
+                # parse of another picture cannot be carried onto it.
+                resized = last is not None and last.labels.shape != detected.frame.image.shape[:2]
+                parse_now = seen % every == 0 or resized
+                if resized:
+                    seen = 0
                 seen += 1
                 if parse_now:
                     last = self._parse(detected, memory)
@@ -275,7 +339,13 @@ class Pipeline:
                 else cfg.buffer.policy)
             self.policy = policy
             info = source.info
-            self.parser.warm_up((info.height, info.width))
+            reason = unparseable_size(info.height, info.width)
+            if reason is not None:
+                if not self._many_images(source):
+                    raise SourceError(f"{source.uri}: frames of {reason}",
+                                      hint="pass a larger video or image")
+            else:
+                self.parser.warm_up((info.height, info.width))
             if policy is BufferPolicy.LATEST and cfg.output.frames == "all":
                 yield from self._items_live(source)
             else:
@@ -347,11 +417,17 @@ class Pipeline:
             raise self._worker_error
 
     # ----------------------------------------------------------------- running to sinks
-    def run(self, *, show_progress: bool | None = None) -> dict[str, Any]:
-        """Run to the configured sinks and return the summary (also written to --metrics)."""
+    def run(self, *, show_progress: bool | None = None,
+            on_estimate: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Run to the configured sinks and return the summary (also written to --metrics).
+
+        ``on_estimate`` is called once with a one-line time estimate for the whole input, as
+        soon as the first frames are timed (files and folders of known length only).
+        """
         cfg = self.config.output
         renderer = Renderer(self.config.render)
         progress = None
+        estimate = _Estimate(self.config.parse.every) if on_estimate is not None else None
         with contextlib.ExitStack() as stack:
             sinks_opened = False
             video: VideoFileSink | None = None
@@ -363,7 +439,13 @@ class Pipeline:
                     sinks_opened = True
                     info = self.source.info
                     if cfg.path:
-                        audio = str(self.uri) if info.has_audio and not info.is_live else None
+                        # From a start time the video begins at 0 and the audio, copied
+                        # from the source's beginning, would not match it.
+                        audio = (str(self.uri) if info.has_audio and not info.is_live
+                                 and not self.config.source.start else None)
+                        if info.has_audio and self.config.source.start:
+                            log.warning("the audio is not copied when starting at %g s",
+                                        self.config.source.start)
                         video = stack.enter_context(VideoFileSink(
                             cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
                             preset=cfg.preset))
@@ -394,7 +476,8 @@ class Pipeline:
                 if labels is not None:
                     labels.write(
                         result.labels if result is not None
-                        else np.zeros(frame.image.shape[:2], np.uint8), frame.index)
+                        else np.zeros(frame.image.shape[:2], np.uint8), frame.index,
+                        name=frame.name)
                 self.metrics.add_stage("encode", time.perf_counter() - started)
                 self.metrics.add_output(frame.capture_time)
                 if stats is not None:
@@ -402,6 +485,12 @@ class Pipeline:
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(parsed=self.metrics.frames_parsed, refresh=False)
+                if estimate is not None and on_estimate is not None:
+                    info = self.source.info
+                    text = estimate.tick(None if info.is_live else info.frame_count)
+                    if text is not None:
+                        on_estimate(text)
+                        estimate = None
         summary = self.metrics.summary()
         if cfg.metrics:
             self.metrics.write_json(cfg.metrics)

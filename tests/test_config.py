@@ -78,3 +78,25 @@ def test_set_syntax():
         parse_override("novalue")
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("a.b.c=1")
+
+
+@pytest.mark.parametrize("key", ["detector.pad", "parse.reuse_threshold",
+                                 "detector.score_threshold", "render.alpha",
+                                 "source.open_timeout_s", "source.reconnect_cap_s"])
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_and_infinity_are_config_errors(tmp_path, key, value):
+    section, name = key.split(".")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{key} expects a finite number"):
+        load_config(config)
+    with pytest.raises(ConfigError, match=f"{key} expects a finite number"):
+        load_config(None, [f"{key}={value}"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("# r\xe9glages\nparse:\n  every: 2\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert "not UTF-8" in str(info.value) and "\n" not in str(info.value)

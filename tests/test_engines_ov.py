@@ -94,7 +94,7 @@ def test_damaged_blob_is_recompiled_with_a_warning(tiny_single_model, reference,
     blob = first.engine_for(first.cfg.canvas_hw).blob_path(1)
     del first  # nothing maps the blob while it is damaged
     blob.write_bytes(b"not a compiled model" * 100 if damage == "garbage" else b"")
-    with caplog.at_level(logging.WARNING, logger="streamer.engines"):
+    with caplog.at_level(logging.WARNING, logger="streamer.parsing.engines"):
         parser = HumanParser(options)
     assert parser.engine_for(parser.cfg.canvas_hw).compiled_now == [1]
     assert any("recompiling" in r.getMessage() for r in caplog.records)
@@ -127,7 +127,7 @@ def test_throughput_hint_runs_crops_on_parallel_requests(tiny_single_model, refe
 
 
 def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_single_model, reference, cache, caplog):
-    with caplog.at_level(logging.WARNING, logger="streamer.engines"):
+    with caplog.at_level(logging.WARNING, logger="streamer.parsing.engines"):
         parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="openvino",
                                            precision="bf16", cache_dir=str(cache)))
         maps = parser.parse_crops(CROPS[:2])
@@ -194,7 +194,7 @@ def test_blob_mapping_reads_the_file_and_faults_on_write(tmp_path):
     blob, view = map_read_only(blob_file)
     release_pages(blob)  # the pages come back from the file when read again
     assert view.flags.writeable and view.tobytes() == blob_file.read_bytes()
-    code = ("import sys; from streamer.engines import map_read_only; "
+    code = ("import sys; from streamer.parsing.engines import map_read_only; "
             "blob, view = map_read_only(sys.argv[1]); view[0] = 1")
     run = subprocess.run([sys.executable, "-c", code, str(blob_file)], capture_output=True)
     assert run.returncode in (-signal.SIGSEGV, -signal.SIGBUS)

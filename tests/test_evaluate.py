@@ -219,3 +219,82 @@ def test_multi_person_model_and_hog_paths(media, tmp_path, capsys, tiny_multi_mo
                  "--json", str(tmp_path / "h.json")]) == 0
     assert json.loads((tmp_path / "h.json").read_text())["detector"] == "hog"
     assert "mIoU" in capsys.readouterr().out
+
+
+# ------------------------------------------- issue 14 item 20: both mIoU conventions, export
+def cihp_reference(pairs: list[tuple[np.ndarray, np.ndarray]], n: int = 20) -> float:
+    """mIoU the CIHP / LIP way, written from its definition: one n x n confusion matrix over
+    annotated pixels, IoU = tp / max(1, truth + predicted - tp) per class, averaged over all
+    n classes (a class absent from both counts 0)."""
+    confusion = np.zeros((n, n))
+    for pred, truth in pairs:
+        valid = truth != 255
+        for t, p in zip(truth[valid].ravel(), pred[valid].ravel(), strict=True):
+            if p < n:
+                confusion[t, p] += 1
+    tp = np.diag(confusion)
+    return float(np.mean(tp / np.maximum(1.0, confusion.sum(1) + confusion.sum(0) - tp)))
+
+
+def test_miou_both_ways_by_hand():
+    truth = np.array([[0, 1], [1, 255]], np.uint8)
+    pred = np.array([[0, 1], [0, 0]], np.uint8)
+    s = score_pairs([(pred, truth)], ("bg", "hat", "hair"))
+    # bg 1/2, hat 1/2, hair absent from both: left out of miou, counted 0 in the CIHP mean.
+    assert s.miou == pytest.approx(0.5) and s.excluded == [2]
+    assert s.miou_all_classes == pytest.approx(1 / 3)
+    assert s.mean_class_accuracy == pytest.approx((1 + 0.5 + 0) / 3)
+    data = s.to_dict()
+    assert data["miou"] == 0.5 and data["miou_all_classes"] == pytest.approx(1 / 3, abs=1e-6)
+    assert "CIHP" in data["miou_all_classes_note"] and "excluded" in data["note"]
+
+
+@pytest.mark.parametrize("name", ["cihp", "lip"])
+def test_miou_all_classes_matches_the_cihp_definition(media, name):
+    truths = [load_label(label) for _, label in gt_pairs(media, name)]
+    pairs = [(shifted(t, 5, 2)[::2, ::2].copy(), t[::2, ::2].copy()) for t in truths]
+    s = score_pairs(pairs, NAMES)
+    assert s.miou_all_classes == pytest.approx(cihp_reference(pairs), abs=1e-12)
+    assert s.excluded and s.miou_all_classes < s.miou
+
+
+def test_eval_exports_the_predictions_it_scored(media, tmp_path, capsys, tiny_single_model):
+    lip = media / "parsing_gt" / "lip"
+    out, json_path = tmp_path / "pred", tmp_path / "s.json"
+    code = main(["--images", str(lip / "images"), "--labels", str(lip / "labels"), "--model",
+                 str(tiny_single_model), "--engine", "torch", "--labels-out", str(out),
+                 "--json", str(json_path), "--log-level", "ERROR"])
+    assert code == 0, capsys.readouterr().err
+    stdout = capsys.readouterr().out
+    assert "mIoU CIHP/LIP" in stdout
+    pairs = find_pairs(lip / "images", lip / "labels")[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{i.stem}.png" for i, _ in pairs)
+    # Scoring the exported maps again gives the numbers eval reported: they are what it scored.
+    again = score_pairs([(load_label(out / f"{i.stem}.png"), load_label(lab))
+                         for i, lab in pairs], NAMES)
+    data = json.loads(json_path.read_text())
+    assert data["miou"] == pytest.approx(again.miou, abs=1e-6)
+    assert data["miou_all_classes"] == pytest.approx(again.miou_all_classes, abs=1e-6)
+    assert data["pixel_accuracy"] == pytest.approx(again.pixel_accuracy, abs=1e-6)
+
+
+def test_eval_refuses_to_export_over_its_inputs(media, tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    Image.new("RGB", (8, 6)).save(images / "a.jpg")
+    Image.new("L", (8, 6)).save(labels / "a.png")
+    before = (labels / "a.png").read_bytes()
+    for target in (labels, images):
+        assert main(["--images", str(images), "--labels", str(labels), "--labels-out",
+                     str(target), "--model", str(tmp_path / "no-model")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: --labels-out") and "\n" not in err
+    assert (labels / "a.png").read_bytes() == before
+
+
+def test_eval_help_has_log_level():
+    proc = subprocess.run([sys.executable, "run_stream.py", "eval", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--log-level" in proc.stdout
+    assert "--labels-out" in proc.stdout

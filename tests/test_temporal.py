@@ -315,3 +315,17 @@ def test_tracked_boxes_hold_their_size_and_move_with_the_shifted_parse():
     # A lasting size change of more than a quarter (somebody stands up) is taken at once.
     tall = tracker.update([Box(114, 10, 176, 195, 0.9)], frame_index=12)[0].box
     assert tall == Box(114, 10, 176, 195, 0.9)
+
+
+@pytest.mark.parametrize("propagate", ["none", "shift", "flow"])
+def test_a_parse_of_another_frame_size_is_dropped_not_drawn(propagate):
+    # issue 14 item 6: a parse carried onto a frame of another size used to reach the
+    # renderer and fail there; it cannot be placed on another picture, so nothing is shown.
+    carrier = Carrier(propagate=propagate, stability="majority" if propagate == "flow" else "none")
+    labels = np.ones((40, 60), np.uint8)
+    result = ParseResult(labels, CLASSES, None, [])
+    small = np.zeros((40, 60, 3), np.uint8)
+    assert carrier.carry(small, 0, result) is not None
+    assert carrier.carry(np.zeros((50, 30, 3), np.uint8), 1, result) is None
+    shown = carrier.carry(small, 2, result)
+    assert shown is not None and shown.labels.shape == (40, 60)

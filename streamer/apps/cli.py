@@ -66,10 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "0 = all cores)")
     p.add_argument("--parse-every", type=int, metavar="N",
                    help="parse one frame in N, reuse the result between (parse.every)")
+    p.add_argument("--max-frames", type=int, metavar="N",
+                   help="stop after N frames, to try settings on a few (source.max_frames)")
+    p.add_argument("--start", type=float, metavar="SECONDS",
+                   help="begin this many seconds into a file or image folder (source.start; "
+                   "the output starts there, without the source's audio)")
     p.add_argument("--realtime", action="store_true",
                    help="pace a file as if it were live (tests the live frame-skipping)")
     p.add_argument("--metrics", help="write the run summary as JSON to this file")
-    p.add_argument("--labels-out", help="write one label-map PNG per frame to this folder")
+    p.add_argument("--labels-out", help="write one label-map PNG per frame to this folder "
+                   "(named after the image for image folders, else 000000.png, ...)")
     p.add_argument("--stats-jsonl", help="write per-frame stats as JSON lines to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-level", default="WARNING",
@@ -85,6 +91,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         "parser.threads": args.threads, "parse.every": args.parse_every,
         "output.metrics": args.metrics, "output.labels_dir": args.labels_out,
         "output.stats_jsonl": args.stats_jsonl,
+        "source.max_frames": args.max_frames, "source.start": args.start,
     }
     for key, value in simple.items():
         if value is not None:
@@ -141,6 +148,13 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
         from streamer.core.errors import SourceError
 
         raise SourceError(f"no readable image in {source}")
+    from streamer.core.types import unparseable_size
+
+    reason = unparseable_size(frame.height, frame.width)
+    if reason is not None:
+        from streamer.core.errors import SourceError
+
+        raise SourceError(f"{source}: image of {reason}", hint="pass a larger image")
     parser = HumanParser(config.parser)
     if config.detector.type == "full" or not parser.single_person:
         result = parser.parse(frame.image)
@@ -152,10 +166,73 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
         result = parser.parse(frame.image, persons or None)
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
+    if config.output.labels_dir:
+        from streamer.io.sinks import LabelMapSink
+
+        with LabelMapSink(config.output.labels_dir, fmt=config.output.labels_format) as sink:
+            sink.write(result.labels, frame.index, name=frame.name)
     counts = result.class_pixel_counts()
     counts.pop("Background", None)
     classes = ", ".join(f"{name} {pixels}" for name, pixels in counts.items()) or "none"
     print(f"wrote {output}: {len(result.persons)} person(s); pixels per class: {classes}")
+
+
+def check_outputs(config: Any, *, photo: bool = False) -> None:
+    """Every output of a run checked before any work: none may be the input (same path, a
+    link to it, the same inode), each must be writable (not read-only, not /proc), and the
+    label folder is created. Raises :class:`ConfigError` or :class:`SinkError`, one line.
+
+    Example:
+        >>> check_outputs(load_config(None, ["source.uri=c.mp4", "output.path=c.mp4"]))
+        Traceback (most recent call last):
+        streamer.core.errors.ConfigError: --output c.mp4 is the input c.mp4; ...
+    """
+    from streamer.io.paths import check_labels_dir, check_not_input, input_files
+    from streamer.io.sinks import VIDEO_SUFFIXES, check_output_path, prepare_labels_dir
+
+    out = config.output
+    inputs = input_files(config.source.uri)
+    for option, path in (("--output", out.path), ("--metrics", out.metrics),
+                         ("--stats-jsonl", out.stats_jsonl), ("--labels-out", out.labels_dir)):
+        check_not_input(path, inputs, option)
+    check_labels_dir(out.labels_dir, config.source.uri, inputs)
+    for extra in (out.metrics, out.stats_jsonl):
+        if extra:
+            check_output_path(extra)
+    if out.path:
+        check_output_path(out.path, suffixes=IMAGE_OUTPUTS if photo else VIDEO_SUFFIXES)
+    if out.labels_dir:
+        prepare_labels_dir(out.labels_dir)
+
+
+def _print_estimate(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)  # above a running progress bar, not through it
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after set-up)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def _show_notices() -> None:
+    """Print the one-line notices of slow one-off steps (streamer.notice: "compiling the
+    OpenVINO engine...") whatever the log level, bare, on stderr."""
+    notice = logging.getLogger("streamer.notice")
+    if notice.level == logging.NOTSET or notice.level > logging.INFO:
+        notice.setLevel(logging.INFO)
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        notice.addHandler(handler)
+        notice.propagate = False
 
 
 # Subcommands live in their own modules; each has main(argv) -> exit code.
@@ -181,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.main(argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level != "ERROR":
+        _show_notices()
     stopper = SignalStop()
     stopper.install()
     from streamer.core.errors import ConfigError, StreamerError
@@ -192,21 +271,15 @@ def main(argv: list[str] | None = None) -> int:
         source, output = config.source.uri, config.output.path
         if source is None:
             raise ConfigError("no source given: pass --source or set source.uri in --config")
-        if not output and not config.output.show and not config.output.metrics:
-            raise ConfigError("nothing to do: pass --output FILE, --show or --metrics FILE")
-        from streamer.io.sinks import VIDEO_SUFFIXES, check_output_path
-
-        for extra in (config.output.metrics, config.output.stats_jsonl):
-            if extra:
-                check_output_path(extra)
-        if output and Path(output).suffix.lower() in IMAGE_OUTPUTS:
-            check_output_path(output, suffixes=IMAGE_OUTPUTS)
+        out = config.output
+        if not (output or out.show or out.metrics or out.labels_dir or out.stats_jsonl):
+            raise ConfigError("nothing to do: pass --output FILE, --show, --labels-out DIR, "
+                              "--stats-jsonl FILE or --metrics FILE")
+        photo = bool(output) and Path(output).suffix.lower() in IMAGE_OUTPUTS
+        check_outputs(config, photo=photo)
+        if photo:
             _parse_photo(config, str(source), output)
             return EXIT_OK
-        if output:
-            check_output_path(output, suffixes=VIDEO_SUFFIXES)
-        if config.output.labels_dir:
-            Path(config.output.labels_dir).mkdir(parents=True, exist_ok=True)
 
         from streamer.core.metrics import format_summary
         from streamer.pipeline import Pipeline
@@ -215,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         stopper.target = pipeline
         if stopper.code is not None:  # Ctrl-C while starting up: nothing written yet
             return stopper.code
-        summary = pipeline.run()
+        summary = pipeline.run(on_estimate=_print_estimate)
         print(format_summary(summary))
         if output:
             print(f"wrote {output}")

@@ -13,6 +13,9 @@ The metric code needs no model: feed ``(prediction, truth)`` pairs to :class:`Co
 - IoU of class ``c`` = ``TP / (TP + FP + FN)`` from that matrix.
 - mIoU is the mean IoU over the classes present in the truth *or* the prediction; classes
   absent from both have no IoU (0 / 0) and are excluded (and listed as such).
+- ``miou_all_classes`` is the CIHP / LIP convention that published numbers use (as SCHP's
+  ``utils/miou.py`` computes it from the confusion matrix): the mean over *all* classes, a
+  class absent from both counting 0. It is lower than ``miou`` whenever a class is absent.
 - Pixel accuracy = correctly labelled pixels / annotated pixels.
 - A predicted id the classes do not cover (such as 255, "a person too small to parse") counts
   as wrong for the truth pixel, and as a false positive of no class.
@@ -27,7 +30,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -57,6 +62,8 @@ IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 EXCLUDED_NOTE = "classes absent from both prediction and truth are excluded from mIoU"
+ALL_CLASSES_NOTE = ("CIHP/LIP convention (SCHP utils/miou.py): mean over all classes, a class "
+                    "absent from both prediction and truth counts 0")
 
 
 @dataclass
@@ -83,6 +90,10 @@ class Scores:
     ignored: int
     images: int = 0
     per_image: list[ImageScore] = field(default_factory=list)
+    #: The CIHP / LIP convention: the mean over all classes, absent ones counting 0.
+    miou_all_classes: float = math.nan
+    #: Mean over all classes of the share of each class's truth pixels labelled right.
+    mean_class_accuracy: float = math.nan
 
     @property
     def excluded(self) -> list[int]:
@@ -104,6 +115,9 @@ class Scores:
             "miou_classes": [c for c, v in enumerate(self.iou) if v is not None],
             "excluded_classes": self.excluded,
             "note": EXCLUDED_NOTE,
+            "miou_all_classes": num(self.miou_all_classes),
+            "miou_all_classes_note": ALL_CLASSES_NOTE,
+            "mean_class_accuracy": num(self.mean_class_accuracy),
             "per_class_iou": {self.classes[c]: num(v) for c, v in enumerate(self.iou)},
             "classes": [
                 {"id": c, "name": self.classes[c], "iou": num(v),
@@ -189,6 +203,9 @@ class Confusion:
                                    for c in range(n)]
         present = [v for v in iou if v is not None]
         pixels = int(m.sum())
+        # CIHP / LIP: every class takes part, 0 / 0 counting 0 (denominators floored at 1).
+        all_iou = tp / np.maximum(1.0, union)
+        class_accuracy = tp / np.maximum(1.0, truth_px)
         names = tuple(classes[c] if c < len(classes) else f"class {c}" for c in range(n))
         return Scores(
             classes=names,
@@ -200,6 +217,8 @@ class Confusion:
             pixels=pixels,
             ignored=self.ignored,
             images=self.images,
+            miou_all_classes=float(all_iou.mean()) if n and pixels else math.nan,
+            mean_class_accuracy=float(class_accuracy.mean()) if n and pixels else math.nan,
         )
 
 
@@ -303,6 +322,9 @@ def format_table(scores: Scores) -> str:
     lines.append(f"mIoU            {scores.miou:.4f}  (mean over {used} classes; "
                  f"{len(scores.excluded)} absent from both prediction and truth, shown as -, "
                  "are excluded)")
+    lines.append(f"mIoU CIHP/LIP   {scores.miou_all_classes:.4f}  (mean over all "
+                 f"{len(scores.iou)} classes, absent ones counting 0, as published numbers "
+                 "are computed)")
     lines.append(f"pixel accuracy  {scores.pixel_accuracy:.4f}  ({scores.pixels} annotated "
                  f"pixels in {scores.images} image(s), {scores.ignored} ignored (255))")
     return "\n".join(lines)
@@ -328,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. parser.batch_size=1")
     p.add_argument("--json", help="also write the scores as JSON to this file")
+    p.add_argument("--labels-out", help="also write each predicted label map to this folder, "
+                   "named after its image (photo.jpg -> photo.png), as scored")
+    p.add_argument("--log-level", default="WARNING",
+                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default WARNING")
     return p
 
 
@@ -345,14 +371,42 @@ def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.
     return parser.parse(image, persons or None).labels
 
 
+def _score_one(parser: Any, detector: Any, options: Any, image_path: Path, label_path: Path,
+               total: Confusion, per_image: list[ImageScore]) -> np.ndarray:
+    """Parse one image, add it to ``total`` and ``per_image``; return the prediction."""
+    image = load_image(image_path)
+    truth = load_label(label_path)
+    if truth.shape != image.shape[:2]:
+        raise SourceError(
+            f"size mismatch: image {image_path.name} is {image.shape[1]}x{image.shape[0]} "
+            f"but label {label_path.name} is {truth.shape[1]}x{truth.shape[0]}")
+    prediction = _predict(parser, detector, options, image)
+    total.add(prediction, truth)
+    one = Confusion(len(parser.classes)).add(prediction, truth).scores(parser.classes)
+    per_image.append(ImageScore(image_path.stem, one.pixel_accuracy, one.miou))
+    return prediction
+
+
 def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
     """Parse and score; what :func:`main` does before printing. Also returns the settings."""
     from streamer.config import load_config
-    from streamer.io.sinks import check_output_path
+    from streamer.io.paths import check_not_input, same_file
+    from streamer.io.sinks import LabelMapSink, check_output_path, prepare_labels_dir
 
     pairs, unlabelled = find_pairs(args.images, args.labels)
+    inputs = [path for pair in pairs for path in pair]
     if args.json:
+        check_not_input(args.json, inputs, "--json")
         check_output_path(args.json)
+    labels_out = getattr(args, "labels_out", None)
+    if labels_out:
+        for option, folder in (("--images", args.images), ("--labels", args.labels)):
+            if Path(labels_out) == Path(folder) or same_file(labels_out, folder):
+                raise ConfigError(f"--labels-out {labels_out} is the {option} folder; the "
+                                  "predictions would overwrite or mix with it",
+                                  hint="choose another --labels-out folder")
+        check_not_input(labels_out, inputs, "--labels-out")
+        prepare_labels_dir(labels_out)
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"parser.model={_quote(args.model)}")
@@ -375,17 +429,13 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
         detector = make_detector(options)
     total = Confusion(len(parser.classes))
     per_image = []
-    for image_path, label_path in pairs:
-        image = load_image(image_path)
-        truth = load_label(label_path)
-        if truth.shape != image.shape[:2]:
-            raise SourceError(
-                f"size mismatch: image {image_path.name} is {image.shape[1]}x{image.shape[0]} "
-                f"but label {label_path.name} is {truth.shape[1]}x{truth.shape[0]}")
-        prediction = _predict(parser, detector, options, image)
-        total.add(prediction, truth)
-        one = Confusion(len(parser.classes)).add(prediction, truth).scores(parser.classes)
-        per_image.append(ImageScore(image_path.stem, one.pixel_accuracy, one.miou))
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(LabelMapSink(labels_out)) if labels_out else None
+        for image_path, label_path in pairs:
+            prediction = _score_one(parser, detector, options, image_path, label_path, total,
+                                    per_image)
+            if sink is not None:
+                sink.write(prediction, len(per_image) - 1, name=image_path.stem)
     scores = total.scores(parser.classes)
     scores.per_image = per_image
     settings = {"images_dir": str(args.images), "labels_dir": str(args.labels),
@@ -401,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or argparse's own usage error
         return int(exc.code or 0)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
         scores, settings = run(args)
     except ConfigError as exc:
@@ -414,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         data = {**settings, **scores.to_dict()}
         Path(args.json).write_text(json.dumps(data, indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.labels_out:
+        print(f"wrote {scores.images} predicted label map(s) to {args.labels_out}")
     return 0
 
 

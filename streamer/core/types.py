@@ -43,6 +43,7 @@ class Frame:
     ``pts`` is the presentation timestamp in ``time_base`` units (``None`` when the source has
     none, such as a webcam); ``timestamp`` is the same in seconds. ``capture_time`` is
     ``time.monotonic()`` when the frame left the decoder, used for end-to-end latency.
+    ``name`` is the source image's file stem for images (``None`` for video frames).
     """
 
     index: int
@@ -51,6 +52,9 @@ class Frame:
     capture_time: float
     pts: int | None = None
     time_base: Fraction | None = None
+    #: The file stem of an image read from a folder (``None`` for video): label maps and
+    #: other per-frame files are named after it.
+    name: str | None = None
 
     @property
     def height(self) -> int:
@@ -59,6 +63,30 @@ class Frame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+
+#: The smallest frame side, in pixels, that is parsed: nothing smaller can show a person.
+MIN_PARSE_SIDE = 8
+#: The most elongated frame that is parsed (long side / short side). Fitted onto the model's
+#: canvas, a thinner strip would shrink to less than a pixel across (a 2x4000 video).
+MAX_PARSE_ASPECT = 20
+
+
+def unparseable_size(height: int, width: int) -> str | None:
+    """Why a ``height x width`` frame cannot be parsed, or ``None`` when it can.
+
+    Example:
+        >>> unparseable_size(480, 640) is None
+        True
+        >>> unparseable_size(4000, 2)
+        '2x4000 px, too small or too thin to parse (frames need at least 8 px on each side ...'
+    """
+    short, long = min(height, width), max(height, width)
+    if short >= MIN_PARSE_SIDE and long <= MAX_PARSE_ASPECT * short:
+        return None
+    return (f"{width}x{height} px, too small or too thin to parse (frames need at least "
+            f"{MIN_PARSE_SIDE} px on each side, and the long side at most {MAX_PARSE_ASPECT} "
+            "times the short one)")
 
 
 def whole_pixels(x: np.ndarray | float) -> np.ndarray:

@@ -61,7 +61,7 @@ def check_output_path(
         PosixPath('/tmp/out.mp4')
         >>> check_output_path("/no/such/dir/out.mp4")
         Traceback (most recent call last):
-        streamer.errors.SinkError: output folder /no/such/dir does not exist; create it ...
+        streamer.core.errors.SinkError: output folder /no/such/dir does not exist; create it ...
     """
     path = Path(path)
     folder = path.parent
@@ -84,6 +84,30 @@ def check_output_path(
     if path.exists() and not os.access(path, os.W_OK):
         raise SinkError(f"no permission to overwrite {path}", hint="choose another file name")
     _probe_write(path)
+    return path
+
+
+def prepare_labels_dir(directory: str | os.PathLike[str]) -> Path:
+    """Create the label-map folder (parents too) and prove a file can be written in it.
+
+    Raises :class:`SinkError` with one line on a read-only mount, under /proc or /sys, or
+    when the path is a file. Call it before any slow work, as :func:`check_output_path`.
+
+    Example:
+        >>> prepare_labels_dir("/proc/labels")
+        Traceback (most recent call last):
+        streamer.core.errors.SinkError: cannot create the label folder /proc/labels (...); ...
+    """
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
+        raise SinkError(f"label folder {path} is a file", hint="give a folder for --labels-out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = " ".join(str(exc.strerror or exc).split())
+        raise SinkError(f"cannot create the label folder {path} ({reason})",
+                        hint="choose a writable folder for --labels-out") from None
+    check_output_path(path / "000000.png")
     return path
 
 
@@ -495,7 +519,8 @@ class LabelMapSink:
     """Saves per-pixel label maps: one PNG per frame, or NPZ files of ``chunk`` frames.
 
     The folder is created if missing (its parent must exist).
-    PNGs are 8-bit grey images named by frame index (``000042.png``); each NPZ holds arrays
+    PNGs are 8-bit grey images named by frame index (``000042.png``), or after the source
+    image when :meth:`write` is given its ``name`` (``photo_0007.png``); each NPZ holds arrays
     keyed by 6-digit frame index (``labels_000000-000099.npz``). :func:`load_label_maps`
     reads either back.
 
@@ -526,6 +551,7 @@ class LabelMapSink:
         self.chunk = chunk
         self.files_written = 0
         self._pending: dict[str, np.ndarray] = {}
+        self._names: set[str] = set()
         self._closed = False
 
     @staticmethod
@@ -538,13 +564,18 @@ class LabelMapSink:
             raise ValueError("label ids must lie in 0..255 to be saved as uint8")
         return labels.astype(np.uint8)
 
-    def write(self, labels: np.ndarray, index: int) -> None:
-        """Save the label map of frame ``index`` (2-D, ids 0..255)."""
+    def write(self, labels: np.ndarray, index: int, name: str | None = None) -> None:
+        """Save the label map of frame ``index`` (2-D, ids 0..255); a PNG is named ``name``
+        (the source image's stem, so maps pair with their images) when given."""
         labels = self._as_uint8(labels)
         if self.fmt == "png":
             import cv2
 
-            path = self.directory / f"{index:06d}.png"
+            if name and name in self._names:  # a.jpg and a.png in one folder
+                name = f"{name}_{index:06d}"
+            if name:
+                self._names.add(name)
+            path = self.directory / f"{name if name else f'{index:06d}'}.png"
             try:
                 ok = cv2.imwrite(str(path), labels)
             except cv2.error as exc:

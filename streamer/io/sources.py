@@ -1,7 +1,7 @@
 """Video sources: files, RTSP streams, webcams and images, all iterables of :class:`Frame`.
 
 Every source is a context manager and an iterable of RGB ``uint8`` frames, knows its
-:class:`~streamer.types.VideoInfo` as ``.info`` once constructed, and counts what happened in
+:class:`~streamer.core.types.VideoInfo` as ``.info`` once constructed, and counts what happened in
 ``.stats`` (:class:`SourceStats`). :func:`open_source` picks the type from the URI itself
 (scheme, device path, image suffix or folder), never from a frame count.
 
@@ -16,7 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import re
 import sys
@@ -63,7 +65,9 @@ class SourceOptions:
     retried ``reconnect_max_attempts`` times, waiting ``reconnect_base_s`` doubled on every try
     up to ``reconnect_cap_s``; ``0`` attempts means a disconnect ends the stream cleanly.
     ``image_fps`` is the frame rate given to images. ``realtime=True`` paces a file by its
-    timestamps, as if it were live (for testing live policies).
+    timestamps, as if it were live (for testing live policies). ``start`` skips the first
+    seconds of a file or image folder (frames then count from 0 there); ``max_frames`` ends
+    any source after that many frames (``None``: no limit).
 
     Example:
         >>> opts = SourceOptions(transport="udp", reconnect_max_attempts=0)
@@ -79,6 +83,8 @@ class SourceOptions:
     reconnect_max_attempts: int = 10
     image_fps: float = 1.0
     realtime: bool = False
+    start: float = 0.0
+    max_frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.transport not in TRANSPORTS:
@@ -93,6 +99,10 @@ class SourceOptions:
                 "source reconnect delays must satisfy 0 <= reconnect_base_s <= reconnect_cap_s, "
                 f"not {self.reconnect_base_s!r} and {self.reconnect_cap_s!r}"
             )
+        if not self.start >= 0:
+            raise ConfigError(f"source start must be >= 0 seconds, not {self.start!r}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"source max_frames must be at least 1, not {self.max_frames!r}")
         if self.reconnect_max_attempts < 0:
             raise ConfigError(
                 f"source reconnect_max_attempts must be >= 0, not {self.reconnect_max_attempts!r}"
@@ -201,7 +211,21 @@ class Source:
     def __iter__(self) -> Iterator[Frame]:
         if self._closed:
             raise SourceError(f"source {redact_url(self.uri)} is already closed")
-        return self._frames()
+        limit = self.options.max_frames
+        return self._frames() if limit is None else itertools.islice(self._frames(), limit)
+
+    def _limited(self, count: int | None) -> int | None:
+        """A frame count cut to ``options.max_frames``."""
+        limit = self.options.max_frames
+        if limit is None:
+            return count
+        return limit if count is None else min(count, limit)
+
+    def _no_start(self) -> None:
+        if self.options.start:
+            raise ConfigError(f"source.start (--start) applies to files and image folders, not "
+                              f"to the live source {redact_url(self.uri)}",
+                              hint="leave --start out for streams and cameras")
 
     def _frames(self) -> Iterator[Frame]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -283,11 +307,20 @@ class FileSource(Source):
         cc = self._stream.codec_context
         time_base = self._stream.time_base or Fraction(1, 90000)
         self._start = self._stream.start_time or 0
+        fps = _fps_of(self._stream)
+        frames = self._stream.frames or None
+        if frames is not None and self.options.start:
+            frames = max(0, frames - math.ceil(self.options.start * fps - 1e-6))
+        duration = self._duration()
+        if self.options.start and duration is not None and self.options.start >= duration:
+            self._container.close()
+            raise SourceError(f"--start {self.options.start:g} s is past the end of {uri} "
+                              f"({duration:.2f} s long)", hint="give an earlier start")
         self.info = VideoInfo(
             width=cc.width,
             height=cc.height,
-            fps=_fps_of(self._stream),
-            frame_count=self._stream.frames or None,
+            fps=fps,
+            frame_count=self._limited(frames),
             time_base=Fraction(time_base),
             is_live=False,
             has_audio=bool(self._container.streams.audio),
@@ -316,6 +349,10 @@ class FileSource(Source):
         step = max(1, round(1 / (self.info.fps * tb)))
         pacer = _Pacer(self._stop) if self.options.realtime else None
         index, last_pts = 0, None
+        start = self.options.start
+        origin: int | None = None  # with a start time: the first kept pts, the new zero
+        if start:
+            self._seek(start)
         try:
             for packet in self._container.demux(stream):
                 if self._stop.is_set():
@@ -338,6 +375,12 @@ class FileSource(Source):
                     if av_frame.is_corrupt:
                         stats.frames_corrupt += 1
                     timestamp = float((pts - self._start) * tb)
+                    if start:
+                        if timestamp < start - 1e-6:
+                            continue  # decoded from the keyframe before the start
+                        if origin is None:
+                            origin = pts
+                        pts, timestamp = pts - origin, float((pts - origin) * tb)
                     # One swscale thread: the decoder's threads already fill the cores, and
                     # slice threads cost more than they save (720p: 1.63 s -> 1.40 s, 247 frames).
                     image = av_frame.to_ndarray(format="rgb24", threads=1)
@@ -352,6 +395,26 @@ class FileSource(Source):
             # A demuxer error (cut-off or garbled container): keep what was decoded.
             stats.decode_errors += 1
             log.warning("stopped reading %s early: %s", self.uri, _describe_av_error(exc))
+
+    def _duration(self) -> float | None:
+        """The video's length in seconds, when the container says."""
+        stream = self._stream
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        if self._container.duration:
+            return self._container.duration / av.time_base
+        return None
+
+    def _seek(self, seconds: float) -> None:
+        """Jump to the keyframe at or before ``seconds``; frames before it are then skipped."""
+        stream = self._stream
+        tb = self.info.time_base
+        assert tb is not None
+        try:
+            self._container.seek(self._start + int(seconds / tb), stream=stream, backward=True)
+        except av.FFmpegError as exc:  # not seekable (a pipe): decode from the start instead
+            log.info("cannot seek in %s (%s); decoding up to %.2f s", self.uri,
+                     _describe_av_error(exc), seconds)
 
     def close(self) -> None:
         super().close()
@@ -378,6 +441,7 @@ class RtspSource(Source):
 
     def __init__(self, uri: str, options: SourceOptions | None = None) -> None:
         super().__init__(uri, options)
+        self._no_start()
         self._container: Any = None
         self._pending: list[Any] = []
         self._connect_with_retries(first=True)
@@ -625,6 +689,7 @@ class WebcamSource(Source):
         import cv2
 
         super().__init__(str(device), options)
+        self._no_start()
         self._cv2 = cv2
         if isinstance(device, str) and device.startswith("/dev/") and not os.path.exists(device):
             raise SourceError(
@@ -722,16 +787,30 @@ class ImageSource(Source):
                 )
         else:
             self.files = [path]
-        first = self._read(self.files[0])
-        if first is None and len(self.files) == 1:
-            raise SourceError(f"cannot read image {path}", hint="check that it is a valid image")
-        height, width = first.shape[:2] if first is not None else (0, 0)
+        skip = math.ceil(self.options.start * self.options.image_fps - 1e-6)
+        if skip:
+            if skip >= len(self.files):
+                raise SourceError(
+                    f"--start {self.options.start:g} s is past the last of the "
+                    f"{len(self.files)} image(s) in {path} (at {self.options.image_fps:g} per "
+                    "second)", hint="give an earlier start")
+            self.files = self.files[skip:]
+        # The output is sized from the first image that reads: a damaged file first in the
+        # folder is skipped (with a warning when frames are read), never taken as the size.
+        first = next((image for image in map(self._read, self.files) if image is not None), None)
+        if first is None:
+            if len(self.files) == 1:
+                raise SourceError(f"cannot read image {path}",
+                                  hint="check that it is a valid image")
+            raise SourceError(f"none of the {len(self.files)} images in {path} can be read",
+                              hint="check that they are valid image files")
+        height, width = first.shape[:2]
         fps = float(self.options.image_fps)
         self.info = VideoInfo(
             width=width,
             height=height,
             fps=fps,
-            frame_count=len(self.files),
+            frame_count=self._limited(len(self.files)),
             time_base=1 / Fraction(fps).limit_denominator(1001),
             is_live=False,
             uri=uri,
@@ -758,7 +837,7 @@ class ImageSource(Source):
             timestamp = float(number * tb) if tb else number / self.info.fps
             if pacer is not None:
                 pacer.wait(timestamp)
-            yield Frame(index, image, timestamp, time.monotonic(), number, tb)
+            yield Frame(index, image, timestamp, time.monotonic(), number, tb, name=path.stem)
             index += 1
 
 

@@ -39,6 +39,9 @@ from streamer.core.errors import ConfigError, ModelError
 from streamer.m2fp.model import M2FP
 
 log = logging.getLogger("streamer.engines")
+#: One-line notices of slow one-off steps (export, compile) that a user should see: the CLI
+#: prints this logger at INFO even when the log level is WARNING.
+notice = logging.getLogger("streamer.notice")
 
 ENGINES = ("torch", "torchscript", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -156,6 +159,8 @@ class TorchScriptEngine:
             if path.is_file():
                 self.module = torch.jit.load(str(path), map_location="cpu")
             else:
+                notice.info("tracing the TorchScript engine at %dx%d (once; later runs load "
+                            "it from the cache)...", canvas_hw[1], canvas_hw[0])
                 started = time.perf_counter()
                 example = torch.zeros(1, 3, *canvas_hw)
                 with torch.no_grad():
@@ -254,6 +259,8 @@ def onnx_model(
     path = cache_dir / (cache_key(checkpoint, canvas_hw, "onnxruntime", opset=ONNX_OPSET,
                                   **parts) + ".onnx")
     if not path.is_file():
+        notice.info("exporting the model to ONNX at %dx%d (once; later runs load it from the "
+                    "cache)...", canvas_hw[1], canvas_hw[0])
         started = time.perf_counter()
         export_onnx(net, canvas_hw, path, part)
         log.info("exported M2FP (%s) to ONNX at %s in %.1f s -> %s", part, canvas_hw,
@@ -477,6 +484,8 @@ class OpenVinoEngine:
             except (RuntimeError, ValueError, OSError) as exc:  # other OpenVINO build, damaged
                 log.warning("recompiling: cannot import %s (%s)", path.name,
                             str(exc).strip().splitlines()[0] if str(exc).strip() else "error")
+        notice.info("compiling the OpenVINO engine (%s, %s, batch %d; once, later runs load "
+                    "it from the cache)...", part, precision, batch)
         started = time.perf_counter()
         source = self.sources.get(part)
         if source is None:
@@ -566,7 +575,7 @@ def check_engine_options(engine: str, precision: str = "fp32", perf_hint: str = 
     Example:
         >>> check_engine_options("torch", "int8")
         Traceback (most recent call last):
-        streamer.errors.ConfigError: parser.precision int8 is not available with ...
+        streamer.core.errors.ConfigError: parser.precision int8 is not available with ...
     """
     if engine not in ENGINES:
         raise ConfigError(f"parser.engine must be one of {', '.join(ENGINES)}, not {engine!r}")

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamer.core.errors import ConfigError
-from streamer.core.types import Box, ParseResult, Person
+from streamer.core.errors import ConfigError, ModelError, SourceError
+from streamer.core.types import Box, ParseResult, Person, unparseable_size
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
@@ -43,14 +43,14 @@ from streamer.parsing.engines import Engine, check_engine_options, create_engine
 from streamer.vision.render import PERSON_ONLY
 from streamer.vision.reuse import CropMemory
 
-log = logging.getLogger("streamer.parser")
+log = logging.getLogger("streamer.parsing.parser")
 
 
 @dataclass
 class ParserOptions:
     """How the network runs (the ``parser`` section of the configuration).
 
-    ``engine`` and ``precision`` pick the runtime (see streamer.engines for the pairs that
+    ``engine`` and ``precision`` pick the runtime (see streamer.parsing.engines for the pairs that
     exist); ``perf_hint`` is OpenVINO's latency or throughput hint; ``threads`` 0 uses all
     cores. The defaults are the fastest pair that agreed with fp32 torch on >= 99.5% of label
     pixels in benchmarks/parse_bench.py on a 2-core AVX-512 CPU; ``python -m streamer.calibrate``
@@ -97,6 +97,13 @@ class HumanParser:
         self.options = options
         self.model_dir = resolve_model_dir(options.model)
         self.cfg = load_model_config(self.model_dir)
+        # Every engine (compiled ones too: their cache is keyed by the checkpoint's hash)
+        # needs the checkpoint; say so here rather than fail deep inside an exporter.
+        if not (self.model_dir / CHECKPOINT_FILE).is_file():
+            raise ModelError(f"no {CHECKPOINT_FILE} in model directory {self.model_dir}",
+                             hint="pass a directory holding configuration.json and "
+                             f"{CHECKPOINT_FILE} (python -m streamer.testing.make_model makes "
+                             "a random-weight one for trying things out)")
         self.threads = options.threads or os.cpu_count() or 1
         self._net: M2FP | None = None
         self._engines: dict[tuple[int, int], Engine] = {}
@@ -158,6 +165,9 @@ class HumanParser:
         ``memory``, a tracked person whose crop barely changed since their last parse keeps
         that parse instead of being parsed again.
         """
+        reason = unparseable_size(*image.shape[:2])
+        if reason is not None:  # it would shrink to nothing on the model's canvas
+            raise SourceError(f"image of {reason}", hint="pass a larger image")
         if not self.single_person:
             return self._parse_multi(image)
         h, w = image.shape[:2]
