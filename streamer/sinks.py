@@ -348,13 +348,23 @@ class VideoFileSink:
                 st = os.statvfs(self.path.parent)
             except OSError:
                 return None
-            measured = self._free = (st.f_bavail * st.f_frsize, self._bytes_out)
-            if measured[0] < reserve:
+            # Muxed but not yet on disk (a Matroska cluster is held in memory until it ends,
+            # up to 5 s of video) still needs room: count it as taken.
+            free = st.f_bavail * st.f_frsize - self._pending_bytes()
+            measured = self._free = (free, self._bytes_out)
+            if free < reserve:
                 return SinkError(
                     f"cannot write {self.path}: {os.strerror(errno.ENOSPC)} "
-                    f"({measured[0] // 1024} KiB free)",
+                    f"({max(0, free) // 1024} KiB free)",
                     hint=f"free some disk space or write to another disk; {kept}")
         return None
+
+    def _pending_bytes(self) -> int:
+        """Bytes handed to the muxer that are not in the file yet (buffered by the muxer)."""
+        try:
+            return max(0, self._bytes_out - os.stat(self.path).st_size)
+        except OSError:
+            return self._bytes_out
 
     def _copy_audio_until(self, seconds: Fraction | None) -> None:
         """Stream-copy audio packets that start before ``seconds`` (all if ``None``)."""

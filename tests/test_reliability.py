@@ -403,6 +403,66 @@ def test_disk_full_mid_run_is_an_error_and_keeps_a_playable_output(tmp_path: Pat
     assert video["sizes"] == {(320, 240)}
 
 
+def _small_disk_command(size_kib: int, mount: Path, keep: Path, *command: str) -> list[str]:
+    """``command`` in a private mount namespace with a ``size_kib`` tmpfs at ``mount``: a real
+    file system that fills up. The tmpfs dies with the namespace, so what ``mount`` holds is
+    copied to ``keep`` after the command; the command's exit status is kept."""
+    script = ('mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 97; shift 3; "$@"; rc=$?; '
+              f'cp -p "{mount}"/* "{keep}"/ 2>/dev/null; exit $rc')
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return ["unshare", *user, "--mount", "--propagation", "private", "sh", "-c", script,
+            "sh", str(size_kib), str(mount), str(keep), *command]
+
+
+def small_disk_unavailable_reason(tmp_path: Path) -> str | None:
+    mount = tmp_path / "probe"
+    mount.mkdir()
+    try:
+        proc = subprocess.run(_small_disk_command(64, mount, tmp_path, "true"),
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare for a small tmpfs: {exc}"
+    if proc.returncode != 0:
+        return ("cannot mount a small tmpfs in a private mount namespace (unshare --mount: "
+                f"{proc.stderr.strip()[-200:] or proc.returncode})")
+    return None
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_full_disk_mid_run_finalises_the_output(tmp_path: Path, tiny_single_model: Path,
+                                                suffix: str):
+    """A real file system that fills up (a 1.2 MB tmpfs): the run ends with one error line and
+    the partial MKV or MP4 is finalised: it has its duration and decodes to its last frame."""
+    reason = small_disk_unavailable_reason(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    clip = make_clip(tmp_path / "in.mp4", frames=100, size=(320, 240), fps=25)
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    kept.mkdir()
+    out = disk / f"out{suffix}"
+    proc = subprocess.run(
+        _small_disk_command(1200, disk, kept, *CLI, "--source", str(clip), "--output", str(out),
+                            *tiny_args(tiny_single_model), "--set", "output.crf=0"),
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and str(out) in errors[0] and "space" in errors[0], proc.stderr
+    saved = kept / out.name
+    with av.open(str(saved)) as container:
+        assert container.duration, "the container has no duration: it was not finalised"
+        duration = container.duration / 1e6
+    with av.logging.Capture() as logs:
+        video = probe(saved)
+    assert not [m for _, _, m in logs if "premature" in m.lower()], logs
+    assert 5 < video["frames"] < 100
+    assert video["sizes"] == {(320, 240)}
+    # Decoded to the end: the last frame is where the container's duration says it ends.
+    assert video["times"][-1] == pytest.approx(duration - 0.04, abs=0.05)
+    assert video["times"] == pytest.approx([i * 0.04 for i in range(video["frames"])])
+
+
 # ------------------------------------------------------------------------ unwritable output
 @pytest.mark.parametrize("where", ["proc", "file-parent", "metrics-in-proc"])
 def test_unwritable_output_fails_before_any_work(tmp_path: Path, faststart_clip: Path,
