@@ -142,6 +142,9 @@ class VideoFileSink:
     stream-copied (not re-encoded), interleaved as the video advances and trimmed to the
     video's end; nothing is buffered beyond one packet.
 
+    MP4/MOV/M4V files are written fast-start (index before the media data) unless
+    ``faststart=False``; the room to move the index is part of the room kept to finalise.
+
     Size: the output keeps ``info``'s size (rounded down to even numbers for ``yuv420p``).
     A frame of another size (a stream that reconnected at a new resolution) is rescaled to the
     output size, because a video file cannot change size mid-stream and players handle a
@@ -167,6 +170,7 @@ class VideoFileSink:
         crf: int = 23,
         preset: str = "veryfast",
         threads: int | None = None,
+        faststart: bool = True,
     ) -> None:
         self.path = check_output_path(path, suffixes=VIDEO_SUFFIXES)
         self.info = info
@@ -193,6 +197,12 @@ class VideoFileSink:
             # moving the video off the source's timestamps; it can store the delay as is.
             mkv = self.path.suffix.lower() == ".mkv"
             options = {"avoid_negative_ts": "disabled"} if mkv else {}
+            # MP4/MOV: the index (moov) first, so a browser plays the file while it downloads.
+            # FFmpeg moves it there at close by shifting the media data up by the index's size
+            # in place: it needs no more room than an index at the end, which _reserve counts.
+            self.faststart = faststart and not mkv
+            if self.faststart:
+                options["movflags"] = "+faststart"
             self._out = av.open(str(self.path), "w", options=options)
         except (av.FFmpegError, OSError) as exc:
             raise _write_failed(self.path, exc) from None

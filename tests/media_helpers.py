@@ -167,6 +167,43 @@ def first_frames(
     return dst
 
 
+def mp4_atoms(path: Path | str) -> list[tuple[str, int]]:
+    """The top-level boxes of an MP4/MOV file as ``(type, size)``, in file order.
+
+    Example:
+        >>> [kind for kind, _ in mp4_atoms("fast.mp4")]
+        ['ftyp', 'moov', 'free', 'mdat']
+    """
+    atoms: list[tuple[str, int]] = []
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos + 8 <= end:
+            f.seek(pos)
+            header = f.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if size == 1:  # 64-bit size follows
+                size = int.from_bytes(header[8:16], "big")
+            elif size == 0:  # to the end of the file
+                size = end - pos
+            if size < 8:
+                raise ValueError(f"{path}: bad box size {size} at byte {pos}")
+            atoms.append((kind, size))
+            pos += size
+    return atoms
+
+
+def is_fast_start(path: Path | str) -> bool:
+    """Whether an MP4's index (``moov``) comes before its media data (``mdat``).
+
+    Example:
+        >>> is_fast_start(make_clip(tmp_path / "a.mp4", faststart=True))
+        True
+    """
+    kinds = [kind for kind, _ in mp4_atoms(path)]
+    return "moov" in kinds and "mdat" in kinds and kinds.index("moov") < kinds.index("mdat")
+
+
 def rtsp_unavailable_reason() -> str | None:
     """Why the RTSP server cannot run here, or ``None`` when it can.
 

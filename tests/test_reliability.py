@@ -22,7 +22,7 @@ from pathlib import Path
 
 import av
 import pytest
-from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
+from media_helpers import RtspServer, is_fast_start, make_clip, rtsp_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "run_stream.py")]
@@ -401,6 +401,7 @@ def test_disk_full_mid_run_is_an_error_and_keeps_a_playable_output(tmp_path: Pat
     video = probe(out)  # the partial output was finalised: it opens and decodes
     assert 0 < video["frames"] < 100
     assert video["sizes"] == {(320, 240)}
+    assert is_fast_start(out)  # the index moved to the front at the limit, too
 
 
 def _small_disk_command(size_kib: int, mount: Path, keep: Path, *command: str) -> list[str]:
@@ -461,6 +462,8 @@ def test_full_disk_mid_run_finalises_the_output(tmp_path: Path, tiny_single_mode
     # Decoded to the end: the last frame is where the container's duration says it ends.
     assert video["times"][-1] == pytest.approx(duration - 0.04, abs=0.05)
     assert video["times"] == pytest.approx([i * 0.04 for i in range(video["frames"])])
+    if suffix == ".mp4":
+        assert is_fast_start(saved)
 
 
 # ------------------------------------------------------------------------ unwritable output

@@ -12,7 +12,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from media_helpers import make_clip, shared_video
+from media_helpers import is_fast_start, make_clip, mp4_atoms, shared_video
 
 from streamer.errors import SinkError
 from streamer.sinks import (
@@ -90,6 +90,30 @@ def test_audio_is_copied(tmp_path: Path, suffix: str) -> None:
     original, written = probe(src), probe(dst)
     assert written["audio"] == original["audio"] == "aac"
     assert written["audio_span"] == pytest.approx(original["audio_span"], abs=0.03)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".m4v"])
+def test_mp4_is_written_fast_start(tmp_path: Path, suffix: str) -> None:
+    """The index (moov) comes first, so a browser can play the file while it downloads."""
+    src = make_clip(tmp_path / "in.mp4", frames=30, size=(96, 64), fps=25, audio=True)
+    assert not is_fast_start(src)  # PyAV's default: the index at the end
+    dst = tmp_path / f"out{suffix}"
+    frames = copy_video(src, dst)
+    kinds = [kind for kind, _ in mp4_atoms(dst)]
+    assert kinds[0] == "ftyp" and is_fast_start(dst), kinds
+    assert_same_video(src, dst, frames, 1e-3)
+    assert probe(dst)["audio"] == "aac"
+
+
+def test_fast_start_output_is_finalised_when_the_block_raises(tmp_path: Path) -> None:
+    info = VideoInfo(width=64, height=48, fps=25.0)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        with VideoFileSink(tmp_path / "out.mp4", info) as sink:
+            for i in range(5):
+                sink.write(np.full((48, 64, 3), i * 40, np.uint8))
+            raise RuntimeError("model crashed")
+    assert is_fast_start(tmp_path / "out.mp4")
+    assert len(probe(tmp_path / "out.mp4")["times"]) == 5
 
 
 @pytest.mark.media
