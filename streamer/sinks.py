@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Collection, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -186,6 +187,7 @@ class VideoFileSink:
         self._max_packet = 0
         self._size_limit = _file_size_limit()
         self._free: tuple[int, int] | None = None  # (free bytes, self._bytes_out) when measured
+        self._deadline: float | None = None  # set by hurry(): stop draining the encoder then
         fps = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
         self.time_base = Fraction(info.time_base) if info.time_base else 1 / fps
         self._frame_ticks = max(1, round(1 / (fps * self.time_base)))
@@ -410,13 +412,37 @@ class VideoFileSink:
             except (av.FFmpegError, OSError):
                 pass
 
+    def hurry(self, budget_s: float = 0.5) -> None:
+        """Finish soon (a second Ctrl-C): :meth:`close` drains the encoder for at most
+        ``budget_s`` more seconds, then writes the index; frames still inside the encoder
+        then are left out, every frame before them plays. Safe to call from a signal handler.
+
+        Example:
+            >>> sink.hurry()   # from the handler; the with block's exit then closes quickly
+        """
+        deadline = time.monotonic() + budget_s
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+
+    def _drain_encoder(self) -> None:
+        """Mux what the encoder still holds, packet by packet, until :meth:`hurry`'s deadline."""
+        for packet in self._stream.codec_context.encode_lazy(None):
+            packet.stream = self._stream
+            self._mux_video([packet])
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                left = self.frames_written - self._video_packets
+                if left > 0:
+                    log.warning("stopping at once: the last %d frame(s) inside the encoder are "
+                                "left out of %s", left, self.path)
+                return
+
     def close(self) -> None:
         """Flush the encoder, copy the remaining audio up to the video's end, write the index."""
         if self._closed:
             return
         self._closed = True
         try:
-            self._mux_video(self._stream.encode(None))
+            self._drain_encoder()
             if self._last_pts is not None:
                 self._copy_audio_until((self._last_pts + self._frame_ticks) * self.time_base)
             self._out.close()

@@ -331,6 +331,47 @@ def test_second_sigint_exits_at_once(tmp_path: Path, tiny_single_model: Path):
     assert pending >= 25  # the first SIGINT still had that many frames to write...
     assert took < 1.5, f"the second SIGINT took {took:.2f} s"  # ...the second one did not
     assert lines_in(stats) < 200
+    # What was written still plays: the container was finalised, index first.
+    assert is_fast_start(out)
+    assert 0 < probe(out)["frames"] <= lines_in(stats)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_two_quick_sigints_keep_a_playable_output(tmp_path: Path, tiny_single_model: Path,
+                                                  suffix: str):
+    """Ctrl-C twice, 20 ms apart, seconds into a run: the run ends at once with 130 and the
+    output holds every frame handed to it, finalised (duration, decodes to the end)."""
+    clip = make_clip(tmp_path / "in.mp4", frames=400, size=(320, 240), fps=25)
+    out, stats = tmp_path / f"out{suffix}", tmp_path / "s.jsonl"
+    run = CliRun("--source", clip, "--output", out, "--stats-jsonl", stats,
+                 *tiny_args(tiny_single_model))
+    try:
+        wait_until(lambda: lines_in(stats) >= 30, 90, "frames written", run)
+        run.proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+        run.proc.send_signal(signal.SIGINT)
+        second = time.monotonic()
+        code = run.finish(60)
+        took = time.monotonic() - second
+    finally:
+        run.kill()
+    assert code == 130, run.stderr
+    assert "Traceback" not in run.stderr
+    assert took < 3, f"the second SIGINT took {took:.2f} s to end the run"
+    written = lines_in(stats)
+    assert written < 400
+    with av.open(str(out)) as container:
+        assert container.duration, "no duration: the container was not finalised"
+        duration = container.duration / 1e6
+    with av.logging.Capture() as logs:
+        video = probe(out)
+    assert not [m for level, _, m in logs if level <= av.logging.ERROR], logs
+    # Every frame handed to the sink plays (one may have been in flight at the signal).
+    assert written - 1 <= video["frames"] <= written
+    assert video["times"] == pytest.approx([i * 0.04 for i in range(video["frames"])])
+    assert video["times"][-1] == pytest.approx(duration - 0.04, abs=0.05)
+    if suffix == ".mp4":
+        assert is_fast_start(out)
 
 
 class FailingParser:
