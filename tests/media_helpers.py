@@ -74,12 +74,14 @@ def make_clip(
     faststart: bool = False,
     gop: int = 12,
     bframes: int = 2,
+    audio_codec: str = "aac",
 ) -> Path:
     """Encode a real H.264 clip of moving shapes with PyAV and return its path.
 
     ``size`` is ``(width, height)``. The container follows the suffix (``.mp4``, ``.mkv``).
-    ``audio=True`` adds a mono 44.1 kHz AAC sine tone as long as the video. ``faststart=True``
-    writes the MP4 index first, so a file cut short still has decodable frames.
+    ``audio=True`` adds a mono 44.1 kHz sine tone as long as the video, encoded with
+    ``audio_codec`` (``aac``, or ``libmp3lame`` for MP3), priming samples and all.
+    ``faststart=True`` writes the MP4 index first, so a file cut short still has decodable frames.
     The encoder uses frame threads (slice threads look like extra frames to an RTSP client)
     and picks keyframes itself (``pict_type`` is reset on every frame).
 
@@ -100,7 +102,7 @@ def make_clip(
         video.codec_context.options = {"bf": str(bframes), "preset": "ultrafast", "crf": "20"}
         sound = None
         if audio:
-            sound = out.add_stream("aac", rate=44100, layout="mono")
+            sound = out.add_stream(audio_codec, rate=44100, layout="mono")
         samples_done = 0
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(_draw(i, width, height), format="rgb24")

@@ -92,6 +92,36 @@ def test_audio_is_copied(tmp_path: Path, suffix: str) -> None:
     assert written["audio_span"] == pytest.approx(original["audio_span"], abs=0.03)
 
 
+def decoded_audio(path: Path) -> tuple[int, float, int]:
+    """Samples decoded from the first audio stream, the first frame's time, the frame size."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+    return (sum(f.samples for f in frames), float(frames[0].pts * frames[0].time_base),
+            max(f.samples for f in frames))
+
+
+@pytest.mark.parametrize("codec", ["aac", "libmp3lame"])
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_audio_priming_is_carried_over(tmp_path: Path, suffix: str, codec: str) -> None:
+    """An MP4's AAC/MP3 priming (the encoder delay its edit list skips) stays skipped: the
+    output's audio starts where the source's does and decodes to as many samples."""
+    try:
+        av.codec.Codec(codec, "w")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip(f"this FFmpeg has no {codec} encoder")
+    src = make_clip(tmp_path / "in.mp4", frames=50, size=(96, 64), fps=25, audio=True,
+                    audio_codec=codec)
+    with av.open(str(src)) as container:  # the source does have priming to skip
+        first = next(p for p in container.demux(audio=0) if p.size)
+        assert first.pts < 0 and first.has_sidedata("skip_samples")
+    dst = tmp_path / f"out{suffix}"
+    copy_video(src, dst)
+    samples, start, frame = decoded_audio(src)
+    got_samples, got_start, _ = decoded_audio(dst)
+    assert got_start == pytest.approx(start, abs=1e-3)
+    assert abs(got_samples - samples) < frame, (got_samples, samples)
+
+
 @pytest.mark.parametrize("suffix", [".mp4", ".mov", ".m4v"])
 def test_mp4_is_written_fast_start(tmp_path: Path, suffix: str) -> None:
     """The index (moov) comes first, so a browser can play the file while it downloads."""
