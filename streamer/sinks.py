@@ -140,10 +140,11 @@ class VideoFileSink:
 
     Timing: ``write(image, pts, time_base)`` places each frame at the source's timestamp
     (rescaled to the output time base, which is the source's ``info.time_base`` when known);
-    without ``pts`` frames are spaced ``1 / info.fps`` apart. Timestamps that do not rise are
-    nudged forward by one tick. ``audio_from`` names a media file whose first audio stream is
-    stream-copied (not re-encoded), interleaved as the video advances and trimmed to the
-    video's end; nothing is buffered beyond one packet.
+    without ``pts`` frames are spaced ``1 / info.fps`` apart. A timestamp that does not rise
+    is moved to one frame (``1 / info.fps``) after the last. ``audio_from`` names a media
+    file whose first audio stream is stream-copied (not re-encoded), interleaved as the video
+    advances and trimmed to the video's end; nothing is buffered beyond one packet. An MP4
+    source's audio priming (encoder delay) stays skipped in Matroska outputs too.
 
     MP4/MOV/M4V files are written fast-start (index before the media data) unless
     ``faststart=False``; the room to move the index is part of the room kept to finalise.
@@ -308,7 +309,9 @@ class VideoFileSink:
             tb_in = Fraction(time_base or self.info.time_base or self.time_base)
             out_pts = round(pts * tb_in / self.time_base)
         if self._last_pts is not None and out_pts <= self._last_pts:
-            out_pts = self._last_pts + 1
+            # One frame after the last, not one tick: a tick can round to a duplicate
+            # timestamp in the container (Matroska keeps milliseconds).
+            out_pts = self._last_pts + self._frame_ticks
         full = self._out_of_room()
         if full is not None:
             # Stop while the encoder's last frames and the index still fit: the file plays.

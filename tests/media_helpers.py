@@ -75,10 +75,12 @@ def make_clip(
     gop: int = 12,
     bframes: int = 2,
     audio_codec: str = "aac",
+    video_codec: str = "libx264",
 ) -> Path:
     """Encode a real H.264 clip of moving shapes with PyAV and return its path.
 
-    ``size`` is ``(width, height)``. The container follows the suffix (``.mp4``, ``.mkv``).
+    ``size`` is ``(width, height)``. The container follows the suffix (``.mp4``, ``.mkv``,
+    ``.avi``); ``video_codec`` may be ``mpeg4`` instead of ``libx264``.
     ``audio=True`` adds a mono 44.1 kHz sine tone as long as the video, encoded with
     ``audio_codec`` (``aac``, or ``libmp3lame`` for MP3), priming samples and all.
     ``faststart=True`` writes the MP4 index first, so a file cut short still has decodable frames.
@@ -95,11 +97,15 @@ def make_clip(
     rate = Fraction(fps)
     options = {"movflags": "+faststart"} if faststart and path.suffix == ".mp4" else {}
     with av.open(str(path), "w", options=options) as out:
-        video = out.add_stream("libx264", rate=rate)
+        video = out.add_stream(video_codec, rate=rate)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.thread_type = "FRAME"
         video.codec_context.gop_size = gop
-        video.codec_context.options = {"bf": str(bframes), "preset": "ultrafast", "crf": "20"}
+        if video_codec == "libx264":
+            video.codec_context.options = {"bf": str(bframes), "preset": "ultrafast", "crf": "20"}
+        else:  # mpeg4 and the like
+            video.codec_context.max_b_frames = bframes
+            video.codec_context.options = {"qscale": "4"}
         sound = None
         if audio:
             sound = out.add_stream(audio_codec, rate=44100, layout="mono")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -158,6 +160,33 @@ def test_shared_clips_round_trip(tmp_path: Path, name: str) -> None:
     assert probe(dst)["audio"] == probe(src)["audio"]  # chaplin has MP3, basketball none
 
 
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_avi_with_b_frames_keeps_its_timing(tmp_path: Path, codec: str) -> None:
+    """AVI stores no presentation times; with B-frames FFmpeg's guesses are a frame late or
+    out of order. The outputs must last as long as the source, one frame per step. (The
+    issue's clip was 1080p; the size plays no part, so a smaller one keeps the test quick.)"""
+    src = make_clip(tmp_path / "in.avi", frames=86, size=(640, 360), fps=25, gop=12,
+                    bframes=2, video_codec=codec)
+    with av.open(str(src)) as container:
+        duration = container.duration / 1e6
+    assert duration == pytest.approx(3.44)
+    outputs = [tmp_path / "out.mp4", tmp_path / "out.mkv"]
+    with FileSource(src) as source, contextlib.ExitStack() as stack:
+        small = replace(source.info, width=160, height=90)  # the timing is what is tested
+        sinks = [stack.enter_context(VideoFileSink(out, small, crf=40, preset="ultrafast"))
+                 for out in outputs]
+        stamps = []
+        for frame in source:
+            for sink in sinks:
+                sink.write(frame.image[::4, ::4], frame.pts, frame.time_base)
+            stamps.append(frame.timestamp)
+    assert stamps == pytest.approx([i * 0.04 for i in range(86)])
+    for out in outputs:
+        written = probe(out)
+        assert written["times"] == pytest.approx([i * 0.04 for i in range(86)], abs=1e-3), out
+        assert written["duration"] == pytest.approx(duration, abs=1e-3), out
+
+
 def test_colours_match_ffmpegs_own_rgb_to_yuv_conversion(tmp_path: Path) -> None:
     """The sink converts RGB to yuv420p itself (OpenCV), which must look like swscale's."""
     rng = np.random.default_rng(3)
@@ -192,6 +221,17 @@ def test_pts_in_another_time_base_are_rescaled(tmp_path: Path) -> None:
         for i in range(5):
             sink.write(np.zeros((48, 64, 3), np.uint8), pts=i * 3600, time_base=Fraction(1, 90000))
     assert probe(tmp_path / "out.mp4")["times"] == pytest.approx([i * 0.04 for i in range(5)])
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_timestamps_that_do_not_rise_move_a_frame_on(tmp_path: Path, suffix: str) -> None:
+    """Not one tick on: in Matroska (milliseconds) that would be a duplicate timestamp."""
+    info = VideoInfo(width=64, height=48, fps=25.0, time_base=Fraction(1, 90000))
+    with VideoFileSink(tmp_path / f"out{suffix}", info) as sink:
+        for pts in (0, 3600, 3600, 7200, 3600):
+            sink.write(np.zeros((48, 64, 3), np.uint8), pts=pts, time_base=Fraction(1, 90000))
+    times = probe(tmp_path / f"out{suffix}")["times"]
+    assert times == pytest.approx([0, 0.04, 0.08, 0.12, 0.16], abs=1e-3)
 
 
 def test_size_change_is_rescaled_to_output_size(tmp_path: Path) -> None:
