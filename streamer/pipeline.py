@@ -139,6 +139,8 @@ class Pipeline:
         self._latest: Parsed | None = None
         self._latest_lock = threading.Lock()
         self._warned_sizes: set[tuple[int, int]] = set()
+        self._hurry = False
+        self._video: VideoFileSink | None = None
         self.policy: BufferPolicy | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -162,6 +164,16 @@ class Pipeline:
                 self._source.interrupt()
         for buffer in self._buffers[:1]:
             buffer.close()
+
+    def abort(self) -> None:
+        """Stop at once (a second Ctrl-C): skip the frames still queued, wait for no thread,
+        and finalise the outputs with what they already hold. Safe from a signal handler."""
+        self._hurry = True
+        self.stop()
+        for buffer in list(self._buffers):
+            buffer.close()
+        if self._video is not None:
+            self._video.hurry()
 
     @property
     def stopped(self) -> bool:
@@ -354,9 +366,13 @@ class Pipeline:
             self._stop.set()
             for buffer in self._buffers:
                 buffer.close()
-            for thread in self._threads:
-                thread.join(timeout=10)
-            source.close()
+            deadline = time.monotonic() + 10
+            for thread in self._threads:  # in slices, so that abort() can cut the wait short
+                while thread.is_alive() and not self._hurry and time.monotonic() < deadline:
+                    thread.join(timeout=0.1)
+                thread.join(timeout=0.2 if self._hurry else 0)
+            if not (self._hurry and any(t.is_alive() for t in self._threads)):
+                source.close()  # never under a reader thread that is still decoding
             stats = source.stats
             self.metrics.reconnects = stats.reconnects
             self.metrics.gap_seconds = stats.gap_seconds
@@ -446,9 +462,11 @@ class Pipeline:
                         if info.has_audio and self.config.source.start:
                             log.warning("the audio is not copied when starting at %g s",
                                         self.config.source.start)
-                        video = stack.enter_context(VideoFileSink(
+                        video = self._video = stack.enter_context(VideoFileSink(
                             cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
                             preset=cfg.preset))
+                        if self._hurry:
+                            video.hurry()
                     if cfg.show:
                         window = stack.enter_context(WindowSink(f"streamer: {self.uri}"))
                     if cfg.labels_dir:

@@ -74,12 +74,16 @@ def make_clip(
     faststart: bool = False,
     gop: int = 12,
     bframes: int = 2,
+    audio_codec: str = "aac",
+    video_codec: str = "libx264",
 ) -> Path:
     """Encode a real H.264 clip of moving shapes with PyAV and return its path.
 
-    ``size`` is ``(width, height)``. The container follows the suffix (``.mp4``, ``.mkv``).
-    ``audio=True`` adds a mono 44.1 kHz AAC sine tone as long as the video. ``faststart=True``
-    writes the MP4 index first, so a file cut short still has decodable frames.
+    ``size`` is ``(width, height)``. The container follows the suffix (``.mp4``, ``.mkv``,
+    ``.avi``); ``video_codec`` may be ``mpeg4`` instead of ``libx264``.
+    ``audio=True`` adds a mono 44.1 kHz sine tone as long as the video, encoded with
+    ``audio_codec`` (``aac``, or ``libmp3lame`` for MP3), priming samples and all.
+    ``faststart=True`` writes the MP4 index first, so a file cut short still has decodable frames.
     The encoder uses frame threads (slice threads look like extra frames to an RTSP client)
     and picks keyframes itself (``pict_type`` is reset on every frame).
 
@@ -93,14 +97,18 @@ def make_clip(
     rate = Fraction(fps)
     options = {"movflags": "+faststart"} if faststart and path.suffix == ".mp4" else {}
     with av.open(str(path), "w", options=options) as out:
-        video = out.add_stream("libx264", rate=rate)
+        video = out.add_stream(video_codec, rate=rate)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.thread_type = "FRAME"
         video.codec_context.gop_size = gop
-        video.codec_context.options = {"bf": str(bframes), "preset": "ultrafast", "crf": "20"}
+        if video_codec == "libx264":
+            video.codec_context.options = {"bf": str(bframes), "preset": "ultrafast", "crf": "20"}
+        else:  # mpeg4 and the like
+            video.codec_context.max_b_frames = bframes
+            video.codec_context.options = {"qscale": "4"}
         sound = None
         if audio:
-            sound = out.add_stream("aac", rate=44100, layout="mono")
+            sound = out.add_stream(audio_codec, rate=44100, layout="mono")
         samples_done = 0
         for i in range(frames):
             frame = av.VideoFrame.from_ndarray(_draw(i, width, height), format="rgb24")
@@ -165,6 +173,43 @@ def first_frames(
         for packet in video.encode(None):
             out.mux(packet)
     return dst
+
+
+def mp4_atoms(path: Path | str) -> list[tuple[str, int]]:
+    """The top-level boxes of an MP4/MOV file as ``(type, size)``, in file order.
+
+    Example:
+        >>> [kind for kind, _ in mp4_atoms("fast.mp4")]
+        ['ftyp', 'moov', 'free', 'mdat']
+    """
+    atoms: list[tuple[str, int]] = []
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        pos = 0
+        while pos + 8 <= end:
+            f.seek(pos)
+            header = f.read(16)
+            size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if size == 1:  # 64-bit size follows
+                size = int.from_bytes(header[8:16], "big")
+            elif size == 0:  # to the end of the file
+                size = end - pos
+            if size < 8:
+                raise ValueError(f"{path}: bad box size {size} at byte {pos}")
+            atoms.append((kind, size))
+            pos += size
+    return atoms
+
+
+def is_fast_start(path: Path | str) -> bool:
+    """Whether an MP4's index (``moov``) comes before its media data (``mdat``).
+
+    Example:
+        >>> is_fast_start(make_clip(tmp_path / "a.mp4", faststart=True))
+        True
+    """
+    kinds = [kind for kind, _ in mp4_atoms(path)]
+    return "moov" in kinds and "mdat" in kinds and kinds.index("moov") < kinds.index("mdat")
 
 
 def rtsp_unavailable_reason() -> str | None:

@@ -23,6 +23,7 @@ from media_helpers import (
     SHARED_VIDEOS,
     RtspServer,
     first_frames,
+    is_fast_start,
     make_clip,
     rtsp_unavailable_reason,
 )
@@ -346,6 +347,7 @@ def test_cli_corrupt_input_fails_alone_and_exit_code_says_so(tmp_path: Path,
     assert next(line for line in lines if "good.mp4" in line).split()[:2] == ["ok", "6"], said
     assert "files done" in result.stderr and "fps" in result.stderr, said
     assert len(decode(tmp_path / "out" / "good.mp4")[0]) == 6
+    assert is_fast_start(tmp_path / "out" / "good.mp4")  # batch writes MP4s index first too
     assert not (tmp_path / "out" / "corrupt.mp4").exists()
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["ok"], report["failed"]) == (1, 1)

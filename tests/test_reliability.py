@@ -22,7 +22,7 @@ from pathlib import Path
 
 import av
 import pytest
-from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
+from media_helpers import RtspServer, is_fast_start, make_clip, rtsp_unavailable_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "run_stream.py")]
@@ -331,6 +331,47 @@ def test_second_sigint_exits_at_once(tmp_path: Path, tiny_single_model: Path):
     assert pending >= 25  # the first SIGINT still had that many frames to write...
     assert took < 1.5, f"the second SIGINT took {took:.2f} s"  # ...the second one did not
     assert lines_in(stats) < 200
+    # What was written still plays: the container was finalised, index first.
+    assert is_fast_start(out)
+    assert 0 < probe(out)["frames"] <= lines_in(stats)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_two_quick_sigints_keep_a_playable_output(tmp_path: Path, tiny_single_model: Path,
+                                                  suffix: str):
+    """Ctrl-C twice, 20 ms apart, seconds into a run: the run ends at once with 130 and the
+    output holds every frame handed to it, finalised (duration, decodes to the end)."""
+    clip = make_clip(tmp_path / "in.mp4", frames=400, size=(320, 240), fps=25)
+    out, stats = tmp_path / f"out{suffix}", tmp_path / "s.jsonl"
+    run = CliRun("--source", clip, "--output", out, "--stats-jsonl", stats,
+                 *tiny_args(tiny_single_model))
+    try:
+        wait_until(lambda: lines_in(stats) >= 30, 90, "frames written", run)
+        run.proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+        run.proc.send_signal(signal.SIGINT)
+        second = time.monotonic()
+        code = run.finish(60)
+        took = time.monotonic() - second
+    finally:
+        run.kill()
+    assert code == 130, run.stderr
+    assert "Traceback" not in run.stderr
+    assert took < 3, f"the second SIGINT took {took:.2f} s to end the run"
+    written = lines_in(stats)
+    assert written < 400
+    with av.open(str(out)) as container:
+        assert container.duration, "no duration: the container was not finalised"
+        duration = container.duration / 1e6
+    with av.logging.Capture() as logs:
+        video = probe(out)
+    assert not [m for level, _, m in logs if level <= av.logging.ERROR], logs
+    # Every frame handed to the sink plays (one may have been in flight at the signal).
+    assert written - 1 <= video["frames"] <= written
+    assert video["times"] == pytest.approx([i * 0.04 for i in range(video["frames"])])
+    assert video["times"][-1] == pytest.approx(duration - 0.04, abs=0.05)
+    if suffix == ".mp4":
+        assert is_fast_start(out)
 
 
 class FailingParser:
@@ -401,6 +442,69 @@ def test_disk_full_mid_run_is_an_error_and_keeps_a_playable_output(tmp_path: Pat
     video = probe(out)  # the partial output was finalised: it opens and decodes
     assert 0 < video["frames"] < 100
     assert video["sizes"] == {(320, 240)}
+    assert is_fast_start(out)  # the index moved to the front at the limit, too
+
+
+def _small_disk_command(size_kib: int, mount: Path, keep: Path, *command: str) -> list[str]:
+    """``command`` in a private mount namespace with a ``size_kib`` tmpfs at ``mount``: a real
+    file system that fills up. The tmpfs dies with the namespace, so what ``mount`` holds is
+    copied to ``keep`` after the command; the command's exit status is kept."""
+    script = ('mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 97; shift 3; "$@"; rc=$?; '
+              f'cp -p "{mount}"/* "{keep}"/ 2>/dev/null; exit $rc')
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return ["unshare", *user, "--mount", "--propagation", "private", "sh", "-c", script,
+            "sh", str(size_kib), str(mount), str(keep), *command]
+
+
+def small_disk_unavailable_reason(tmp_path: Path) -> str | None:
+    mount = tmp_path / "probe"
+    mount.mkdir()
+    try:
+        proc = subprocess.run(_small_disk_command(64, mount, tmp_path, "true"),
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot run unshare for a small tmpfs: {exc}"
+    if proc.returncode != 0:
+        return ("cannot mount a small tmpfs in a private mount namespace (unshare --mount: "
+                f"{proc.stderr.strip()[-200:] or proc.returncode})")
+    return None
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_full_disk_mid_run_finalises_the_output(tmp_path: Path, tiny_single_model: Path,
+                                                suffix: str):
+    """A real file system that fills up (a 1.2 MB tmpfs): the run ends with one error line and
+    the partial MKV or MP4 is finalised: it has its duration and decodes to its last frame."""
+    reason = small_disk_unavailable_reason(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    clip = make_clip(tmp_path / "in.mp4", frames=100, size=(320, 240), fps=25)
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    kept.mkdir()
+    out = disk / f"out{suffix}"
+    proc = subprocess.run(
+        _small_disk_command(1200, disk, kept, *CLI, "--source", str(clip), "--output", str(out),
+                            *tiny_args(tiny_single_model), "--set", "output.crf=0"),
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and str(out) in errors[0] and "space" in errors[0], proc.stderr
+    saved = kept / out.name
+    with av.open(str(saved)) as container:
+        assert container.duration, "the container has no duration: it was not finalised"
+        duration = container.duration / 1e6
+    with av.logging.Capture() as logs:
+        video = probe(saved)
+    assert not [m for _, _, m in logs if "premature" in m.lower()], logs
+    assert 5 < video["frames"] < 100
+    assert video["sizes"] == {(320, 240)}
+    # Decoded to the end: the last frame is where the container's duration says it ends.
+    assert video["times"][-1] == pytest.approx(duration - 0.04, abs=0.05)
+    assert video["times"] == pytest.approx([i * 0.04 for i in range(video["frames"])])
+    if suffix == ".mp4":
+        assert is_fast_start(saved)
 
 
 # ------------------------------------------------------------------------ unwritable output

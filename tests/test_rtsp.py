@@ -44,6 +44,30 @@ def test_reads_frames_live(clip: Path) -> None:
     assert 1.5 < elapsed < 4  # delivered at the live rate, not as fast as possible
 
 
+def test_looping_stream_keeps_its_spacing_in_an_mkv(tmp_path: Path) -> None:
+    """The server loops a one-second clip by seeking back; at each loop the first frame of the
+    new round arrives with the last one's timestamp. Frames and the MKV written from them
+    must keep rising one frame apart: no duplicate timestamps at the loops."""
+    import av
+
+    from streamer.io.sinks import VideoFileSink
+
+    short = make_clip(tmp_path / "short.mp4", frames=25, fps=25)
+    with RtspServer(short, loop=True) as server, RtspSource(server.url, FAST) as source:
+        frames = list(islice(source, 80))  # three loops
+        info = source.info
+    step = round(1 / (25 * frames[0].time_base))
+    assert [b.pts - a.pts for a, b in pairwise(frames)] == [step] * 79
+    out = tmp_path / "live.mkv"
+    with VideoFileSink(out, info, preset="ultrafast") as sink:
+        for frame in frames:
+            sink.write(frame.image, frame.pts, frame.time_base)
+    with av.open(str(out)) as container:
+        times = [float(f.pts * f.time_base) for f in container.decode(video=0)]
+    assert len(times) == 80
+    assert [round(b - a, 3) for a, b in pairwise(times)] == [0.04] * 79
+
+
 def test_reconnects_after_server_restart(clip: Path) -> None:
     with RtspServer(clip, loop=True) as server:
         options = SourceOptions(

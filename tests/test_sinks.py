@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from media_helpers import make_clip, shared_video
+from media_helpers import is_fast_start, make_clip, mp4_atoms, shared_video
 
 from streamer.core.errors import SinkError
 from streamer.core.types import VideoInfo
@@ -92,6 +94,60 @@ def test_audio_is_copied(tmp_path: Path, suffix: str) -> None:
     assert written["audio_span"] == pytest.approx(original["audio_span"], abs=0.03)
 
 
+def decoded_audio(path: Path) -> tuple[int, float, int]:
+    """Samples decoded from the first audio stream, the first frame's time, the frame size."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(audio=0))
+    return (sum(f.samples for f in frames), float(frames[0].pts * frames[0].time_base),
+            max(f.samples for f in frames))
+
+
+@pytest.mark.parametrize("codec", ["aac", "libmp3lame"])
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_audio_priming_is_carried_over(tmp_path: Path, suffix: str, codec: str) -> None:
+    """An MP4's AAC/MP3 priming (the encoder delay its edit list skips) stays skipped: the
+    output's audio starts where the source's does and decodes to as many samples."""
+    try:
+        av.codec.Codec(codec, "w")
+    except av.codec.codec.UnknownCodecError:
+        pytest.skip(f"this FFmpeg has no {codec} encoder")
+    src = make_clip(tmp_path / "in.mp4", frames=50, size=(96, 64), fps=25, audio=True,
+                    audio_codec=codec)
+    with av.open(str(src)) as container:  # the source does have priming to skip
+        first = next(p for p in container.demux(audio=0) if p.size)
+        assert first.pts < 0 and first.has_sidedata("skip_samples")
+    dst = tmp_path / f"out{suffix}"
+    copy_video(src, dst)
+    samples, start, frame = decoded_audio(src)
+    got_samples, got_start, _ = decoded_audio(dst)
+    assert got_start == pytest.approx(start, abs=1e-3)
+    assert abs(got_samples - samples) < frame, (got_samples, samples)
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".m4v"])
+def test_mp4_is_written_fast_start(tmp_path: Path, suffix: str) -> None:
+    """The index (moov) comes first, so a browser can play the file while it downloads."""
+    src = make_clip(tmp_path / "in.mp4", frames=30, size=(96, 64), fps=25, audio=True)
+    assert not is_fast_start(src)  # PyAV's default: the index at the end
+    dst = tmp_path / f"out{suffix}"
+    frames = copy_video(src, dst)
+    kinds = [kind for kind, _ in mp4_atoms(dst)]
+    assert kinds[0] == "ftyp" and is_fast_start(dst), kinds
+    assert_same_video(src, dst, frames, 1e-3)
+    assert probe(dst)["audio"] == "aac"
+
+
+def test_fast_start_output_is_finalised_when_the_block_raises(tmp_path: Path) -> None:
+    info = VideoInfo(width=64, height=48, fps=25.0)
+    with pytest.raises(RuntimeError, match="model crashed"):
+        with VideoFileSink(tmp_path / "out.mp4", info) as sink:
+            for i in range(5):
+                sink.write(np.full((48, 64, 3), i * 40, np.uint8))
+            raise RuntimeError("model crashed")
+    assert is_fast_start(tmp_path / "out.mp4")
+    assert len(probe(tmp_path / "out.mp4")["times"]) == 5
+
+
 @pytest.mark.media
 @pytest.mark.parametrize("name", ["chaplin_bw.mp4", "mmaction2_basketball.mp4"])
 def test_shared_clips_round_trip(tmp_path: Path, name: str) -> None:
@@ -102,6 +158,33 @@ def test_shared_clips_round_trip(tmp_path: Path, name: str) -> None:
     frames = copy_video(src, dst)
     assert_same_video(src, dst, frames, 1e-9)
     assert probe(dst)["audio"] == probe(src)["audio"]  # chaplin has MP3, basketball none
+
+
+@pytest.mark.parametrize("codec", ["libx264", "mpeg4"])
+def test_avi_with_b_frames_keeps_its_timing(tmp_path: Path, codec: str) -> None:
+    """AVI stores no presentation times; with B-frames FFmpeg's guesses are a frame late or
+    out of order. The outputs must last as long as the source, one frame per step. (The
+    issue's clip was 1080p; the size plays no part, so a smaller one keeps the test quick.)"""
+    src = make_clip(tmp_path / "in.avi", frames=86, size=(640, 360), fps=25, gop=12,
+                    bframes=2, video_codec=codec)
+    with av.open(str(src)) as container:
+        duration = container.duration / 1e6
+    assert duration == pytest.approx(3.44)
+    outputs = [tmp_path / "out.mp4", tmp_path / "out.mkv"]
+    with FileSource(src) as source, contextlib.ExitStack() as stack:
+        small = replace(source.info, width=160, height=90)  # the timing is what is tested
+        sinks = [stack.enter_context(VideoFileSink(out, small, crf=40, preset="ultrafast"))
+                 for out in outputs]
+        stamps = []
+        for frame in source:
+            for sink in sinks:
+                sink.write(frame.image[::4, ::4], frame.pts, frame.time_base)
+            stamps.append(frame.timestamp)
+    assert stamps == pytest.approx([i * 0.04 for i in range(86)])
+    for out in outputs:
+        written = probe(out)
+        assert written["times"] == pytest.approx([i * 0.04 for i in range(86)], abs=1e-3), out
+        assert written["duration"] == pytest.approx(duration, abs=1e-3), out
 
 
 def test_colours_match_ffmpegs_own_rgb_to_yuv_conversion(tmp_path: Path) -> None:
@@ -138,6 +221,17 @@ def test_pts_in_another_time_base_are_rescaled(tmp_path: Path) -> None:
         for i in range(5):
             sink.write(np.zeros((48, 64, 3), np.uint8), pts=i * 3600, time_base=Fraction(1, 90000))
     assert probe(tmp_path / "out.mp4")["times"] == pytest.approx([i * 0.04 for i in range(5)])
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_timestamps_that_do_not_rise_move_a_frame_on(tmp_path: Path, suffix: str) -> None:
+    """Not one tick on: in Matroska (milliseconds) that would be a duplicate timestamp."""
+    info = VideoInfo(width=64, height=48, fps=25.0, time_base=Fraction(1, 90000))
+    with VideoFileSink(tmp_path / f"out{suffix}", info) as sink:
+        for pts in (0, 3600, 3600, 7200, 3600):
+            sink.write(np.zeros((48, 64, 3), np.uint8), pts=pts, time_base=Fraction(1, 90000))
+    times = probe(tmp_path / f"out{suffix}")["times"]
+    assert times == pytest.approx([0, 0.04, 0.08, 0.12, 0.16], abs=1e-3)
 
 
 def test_size_change_is_rescaled_to_output_size(tmp_path: Path) -> None:

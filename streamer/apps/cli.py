@@ -7,6 +7,7 @@ full), 2 a usage or configuration error, 130 / 143 stopped by SIGINT / SIGTERM.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -113,25 +114,43 @@ def _yaml_str(value: Any) -> str:
 
 
 class SignalStop:
-    """First SIGINT/SIGTERM: stop gracefully (finalise outputs). Second: exit at once."""
+    """First SIGINT/SIGTERM: stop gracefully (write out the frames already parsed, finalise
+    the outputs). Second: stop at once, skipping the queued frames but still finalising the
+    outputs with what they hold. Third (or a second before any output): exit at once."""
 
     def __init__(self) -> None:
         self.code: int | None = None
         self.target: Any = None
+        self.forced = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         code = 128 + signum
         if self.code is not None:
-            os._exit(code)
+            if self.forced or self.target is None:
+                os._exit(self.code)
+            self.forced = True
+            print("stopping at once; closing the output with what it holds, press Ctrl-C "
+                  "again to quit without finalising it", file=sys.stderr, flush=True)
+            self.target.abort()
+            return
         self.code = code
         print(f"\nstopping ({signal.Signals(signum).name}); finishing the output, "
-              "press Ctrl-C again to quit at once", file=sys.stderr, flush=True)
+              "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
         if self.target is not None:
             self.target.stop()
 
     def install(self) -> None:
         signal.signal(signal.SIGINT, self)
         signal.signal(signal.SIGTERM, self)
+        atexit.register(self._exit_if_forced)
+
+    def _exit_if_forced(self) -> None:
+        # Stopped at once: the outputs are closed, but worker threads may still be inside the
+        # model; tearing the interpreter down under them can abort the process (C++ runtimes).
+        if self.forced and self.code is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(self.code)
 
 
 def _parse_photo(config: Any, source: str, output: str) -> None:

@@ -17,10 +17,13 @@ Example:
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
 import re
+import struct
+import time
 from collections.abc import Collection, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
@@ -161,10 +164,14 @@ class VideoFileSink:
 
     Timing: ``write(image, pts, time_base)`` places each frame at the source's timestamp
     (rescaled to the output time base, which is the source's ``info.time_base`` when known);
-    without ``pts`` frames are spaced ``1 / info.fps`` apart. Timestamps that do not rise are
-    nudged forward by one tick. ``audio_from`` names a media file whose first audio stream is
-    stream-copied (not re-encoded), interleaved as the video advances and trimmed to the
-    video's end; nothing is buffered beyond one packet.
+    without ``pts`` frames are spaced ``1 / info.fps`` apart. A timestamp that does not rise
+    is moved to one frame (``1 / info.fps``) after the last. ``audio_from`` names a media
+    file whose first audio stream is stream-copied (not re-encoded), interleaved as the video
+    advances and trimmed to the video's end; nothing is buffered beyond one packet. An MP4
+    source's audio priming (encoder delay) stays skipped in Matroska outputs too.
+
+    MP4/MOV/M4V files are written fast-start (index before the media data) unless
+    ``faststart=False``; the room to move the index is part of the room kept to finalise.
 
     Size: the output keeps ``info``'s size (rounded down to even numbers for ``yuv420p``).
     A frame of another size (a stream that reconnected at a new resolution) is rescaled to the
@@ -191,6 +198,7 @@ class VideoFileSink:
         crf: int = 23,
         preset: str = "veryfast",
         threads: int | None = None,
+        faststart: bool = True,
     ) -> None:
         self.path = check_output_path(path, suffixes=VIDEO_SUFFIXES)
         self.info = info
@@ -206,6 +214,7 @@ class VideoFileSink:
         self._max_packet = 0
         self._size_limit = _file_size_limit()
         self._free: tuple[int, int] | None = None  # (free bytes, self._bytes_out) when measured
+        self._deadline: float | None = None  # set by hurry(): stop draining the encoder then
         fps = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
         self.time_base = Fraction(info.time_base) if info.time_base else 1 / fps
         self._frame_ticks = max(1, round(1 / (fps * self.time_base)))
@@ -217,6 +226,12 @@ class VideoFileSink:
             # moving the video off the source's timestamps; it can store the delay as is.
             mkv = self.path.suffix.lower() == ".mkv"
             options = {"avoid_negative_ts": "disabled"} if mkv else {}
+            # MP4/MOV: the index (moov) first, so a browser plays the file while it downloads.
+            # FFmpeg moves it there at close by shifting the media data up by the index's size
+            # in place: it needs no more room than an index at the end, which _reserve counts.
+            self.faststart = faststart and not mkv
+            if self.faststart:
+                options["movflags"] = "+faststart"
             self._out = av.open(str(self.path), "w", options=options)
         except (av.FFmpegError, OSError) as exc:
             raise _write_failed(self.path, exc) from None
@@ -258,14 +273,23 @@ class VideoFileSink:
             log.warning("not copying %s audio: %s cannot hold it", name, self.path.suffix)
             container.close()
             return
+        packets = container.demux(stream)
+        first = next((p for p in packets if p.dts is not None and p.size), None)
+        template: Any = stream
+        if first is not None and self.path.suffix.lower() == ".mkv":
+            template = _matroska_template(stream, first) or stream
         try:
-            self._audio_out = self._out.add_stream_from_template(stream)
+            self._audio_out = self._out.add_stream_from_template(template)
         except (av.FFmpegError, ValueError) as exc:
             log.warning("not copying audio from %s: %s", source, exc)
             container.close()
             return
+        finally:
+            if template is not stream:
+                template.container.close()
         self._audio_in = container
-        self._audio_packets = container.demux(stream)
+        self._audio_packets = packets
+        self._audio_next = first
 
     @property
     def has_audio(self) -> bool:
@@ -309,7 +333,9 @@ class VideoFileSink:
             tb_in = Fraction(time_base or self.info.time_base or self.time_base)
             out_pts = round(pts * tb_in / self.time_base)
         if self._last_pts is not None and out_pts <= self._last_pts:
-            out_pts = self._last_pts + 1
+            # One frame after the last, not one tick: a tick can round to a duplicate
+            # timestamp in the container (Matroska keeps milliseconds).
+            out_pts = self._last_pts + self._frame_ticks
         full = self._out_of_room()
         if full is not None:
             # Stop while the encoder's last frames and the index still fit: the file plays.
@@ -372,13 +398,23 @@ class VideoFileSink:
                 st = os.statvfs(self.path.parent)
             except OSError:
                 return None
-            measured = self._free = (st.f_bavail * st.f_frsize, self._bytes_out)
-            if measured[0] < reserve:
+            # Muxed but not yet on disk (a Matroska cluster is held in memory until it ends,
+            # up to 5 s of video) still needs room: count it as taken.
+            free = st.f_bavail * st.f_frsize - self._pending_bytes()
+            measured = self._free = (free, self._bytes_out)
+            if free < reserve:
                 return SinkError(
                     f"cannot write {self.path}: {os.strerror(errno.ENOSPC)} "
-                    f"({measured[0] // 1024} KiB free)",
+                    f"({max(0, free) // 1024} KiB free)",
                     hint=f"free some disk space or write to another disk; {kept}")
         return None
+
+    def _pending_bytes(self) -> int:
+        """Bytes handed to the muxer that are not in the file yet (buffered by the muxer)."""
+        try:
+            return max(0, self._bytes_out - os.stat(self.path).st_size)
+        except OSError:
+            return self._bytes_out
 
     def _copy_audio_until(self, seconds: Fraction | None) -> None:
         """Stream-copy audio packets that start before ``seconds`` (all if ``None``)."""
@@ -414,13 +450,37 @@ class VideoFileSink:
             except (av.FFmpegError, OSError):
                 pass
 
+    def hurry(self, budget_s: float = 0.5) -> None:
+        """Finish soon (a second Ctrl-C): :meth:`close` drains the encoder for at most
+        ``budget_s`` more seconds, then writes the index; frames still inside the encoder
+        then are left out, every frame before them plays. Safe to call from a signal handler.
+
+        Example:
+            >>> sink.hurry()   # from the handler; the with block's exit then closes quickly
+        """
+        deadline = time.monotonic() + budget_s
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+
+    def _drain_encoder(self) -> None:
+        """Mux what the encoder still holds, packet by packet, until :meth:`hurry`'s deadline."""
+        for packet in self._stream.codec_context.encode_lazy(None):
+            packet.stream = self._stream
+            self._mux_video([packet])
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                left = self.frames_written - self._video_packets
+                if left > 0:
+                    log.warning("stopping at once: the last %d frame(s) inside the encoder are "
+                                "left out of %s", left, self.path)
+                return
+
     def close(self) -> None:
         """Flush the encoder, copy the remaining audio up to the video's end, write the index."""
         if self._closed:
             return
         self._closed = True
         try:
-            self._mux_video(self._stream.encode(None))
+            self._drain_encoder()
             if self._last_pts is not None:
                 self._copy_audio_until((self._last_pts + self._frame_ticks) * self.time_base)
             self._out.close()
@@ -442,6 +502,60 @@ class VideoFileSink:
             self.close()
         except SinkError as err:
             log.warning("%s", err)
+
+
+# Matroska codec ids of audio that MP4 files carry with priming samples to skip.
+_MATROSKA_AUDIO = {"aac": "A_AAC", "mp3": "A_MPEG/L3", "mp2": "A_MPEG/L2", "ac3": "A_AC3",
+                   "eac3": "A_EAC3"}
+
+
+def _ebml(element_id: str, payload: bytes) -> bytes:
+    return bytes.fromhex(element_id) + (1 << 56 | len(payload)).to_bytes(8, "big") + payload
+
+
+def _ebml_uint(element_id: str, value: int) -> bytes:
+    return _ebml(element_id, value.to_bytes(8, "big"))
+
+
+def _matroska_template(stream: Any, first: Any) -> Any:
+    """An audio stream like ``stream`` that also carries the source's priming as its codec
+    delay, to copy into a Matroska output; ``None`` when there is nothing to carry over.
+
+    An MP4 skips an AAC/MP3 encoder's priming samples with its edit list, which FFmpeg hands
+    on as "skip samples" on the first packet. Matroska keeps them as the track's CodecDelay,
+    which FFmpeg writes from the stream's ``initial_padding``; PyAV cannot set that, but it
+    copies it from a Matroska input. So this builds the smallest such input: a header with one
+    audio track (the source's codec, its private data and the delay) and its first packet.
+    """
+    if not first.has_sidedata("skip_samples"):
+        return None
+    skip = int.from_bytes(bytes(first.get_sidedata("skip_samples"))[:4], "little")
+    cc = stream.codec_context
+    codec_id = _MATROSKA_AUDIO.get(cc.codec.canonical_name)
+    if skip <= 0 or codec_id is None or not cc.sample_rate or not cc.channels:
+        return None
+    header = _ebml("1A45DFA3", _ebml_uint("4286", 1) + _ebml_uint("42F7", 1)
+                   + _ebml_uint("42F2", 4) + _ebml_uint("42F3", 8) + _ebml("4282", b"matroska")
+                   + _ebml_uint("4287", 4) + _ebml_uint("4285", 2))
+    track = (_ebml_uint("D7", 1) + _ebml_uint("73C5", 1) + _ebml_uint("83", 2)
+             + _ebml("86", codec_id.encode())
+             + (_ebml("63A2", bytes(cc.extradata)) if cc.extradata else b"")
+             + _ebml_uint("56AA", round(skip * 1_000_000_000 / cc.sample_rate))  # CodecDelay, ns
+             + _ebml("E1", _ebml("B5", struct.pack(">d", float(cc.sample_rate)))
+                     + _ebml_uint("9F", cc.channels)))
+    block = b"\x81\x00\x00\x80" + bytes(first)  # track 1, time 0, keyframe
+    segment = (_ebml("1549A966", _ebml_uint("2AD7B1", 1_000_000))
+               + _ebml("1654AE6B", _ebml("AE", track))
+               + _ebml("1F43B675", _ebml_uint("E7", 0) + _ebml("A3", block)))
+    try:
+        made = av.open(io.BytesIO(header + _ebml("18538067", segment)), format="matroska")
+    except av.FFmpegError as exc:
+        log.warning("audio priming not carried over: %s", exc)
+        return None
+    if not made.streams.audio:
+        made.close()
+        return None
+    return made.streams.audio[0]
 
 
 def _gui_support(cv2: Any) -> bool:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -348,15 +349,22 @@ class FileSource(Source):
         assert tb is not None
         step = max(1, round(1 / (self.info.fps * tb)))
         pacer = _Pacer(self._stop) if self.options.realtime else None
-        index, last_pts = 0, None
+        index, last_pts, shift = 0, None, 0
         start = self.options.start
         origin: int | None = None  # with a start time: the first kept pts, the new zero
         if start:
             self._seek(start)
+        # AVI stores no presentation times, only each frame's slot in decode order; FFmpeg's
+        # guesses from them are a frame late or, with B-frames, out of order. Frames leave
+        # the decoder in presentation order, so the k-th frame out takes the k-th smallest
+        # slot (a heap of the slots seen so far: later ones are all larger).
+        slots: list[int] | None = [] if self._container.format.name == "avi" else None
         try:
             for packet in self._container.demux(stream):
                 if self._stop.is_set():
                     return
+                if slots is not None and packet.dts is not None and packet.size:
+                    heapq.heappush(slots, packet.dts)
                 if packet.is_corrupt:
                     stats.packets_corrupt += 1
                 try:
@@ -368,9 +376,16 @@ class FileSource(Source):
                     log.debug("skipping undecodable packet in %s: %s", self.uri, exc)
                     continue
                 for av_frame in decoded:
-                    pts = av_frame.pts
+                    pts = heapq.heappop(slots) if slots else av_frame.pts
                     if pts is None:
                         pts = self._start if last_pts is None else last_pts + step
+                    else:
+                        pts += shift
+                        if last_pts is not None and pts <= last_pts:
+                            # Time went back (a damaged or badly muxed file): go on one frame
+                            # after the last and keep the source's spacing from there.
+                            shift += last_pts + step - pts
+                            pts = last_pts + step
                     last_pts = pts
                     if av_frame.is_corrupt:
                         stats.frames_corrupt += 1
@@ -627,6 +642,8 @@ class _LiveClock:
 
     After :meth:`resume`, the first real pts that would not move forward (a server that
     restarted its clock at 0) gets an offset so that it lands ``gap`` ticks after the last one.
+    Without a reconnect, a pts that does not rise lands one ``step`` after the last, and so do
+    the ones after it, at their own spacing.
 
     Example:
         >>> clock = _LiveClock(step=10)
@@ -635,6 +652,8 @@ class _LiveClock:
         >>> clock.resume(gap_ticks=100)
         >>> [clock.map(p) for p in (0, 10)]
         [120, 130]
+        >>> [clock.map(p) for p in (10, 20)]  # a looping server repeats a timestamp
+        [140, 150]
     """
 
     def __init__(self, step: int) -> None:
@@ -666,7 +685,11 @@ class _LiveClock:
             out = pts + self.offset
         self._floor = None
         if last is not None and out <= last:
-            out = last + 1
+            # Time stood still or went back (a looping server repeats the last timestamp on
+            # the first frame of each round): one frame on, and the rest follow at the
+            # source's spacing rather than piling up one tick apart.
+            self.offset += last + self.step - out
+            out = last + self.step
         self.last = out
         return out
 
