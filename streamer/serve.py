@@ -548,6 +548,8 @@ class ParsePool:
         self._busy = 0
         self._threads: list[threading.Thread] = []
         self.durations: collections.deque[float] = collections.deque(maxlen=256)
+        self.duration_sum = 0.0  # every job since start (the summary's _sum and _count)
+        self.duration_count = 0
         self.classes: tuple[str, ...] = ()
 
     def start(self) -> None:
@@ -612,9 +614,12 @@ class ParsePool:
                 except BaseException as exc:
                     future.set_exception(exc)
                 finally:
-                    self.durations.append(time.perf_counter() - started)
+                    took = time.perf_counter() - started
+                    self.durations.append(took)
                     with self._lock:
                         self._busy -= 1
+                        self.duration_sum += took
+                        self.duration_count += 1
             finally:
                 with self._lock:
                     self._admitted -= 1
@@ -632,6 +637,11 @@ class ParsePool:
         with self._lock:
             return {"workers": self.workers, "busy": self._busy,
                     "queued": self._admitted - self._busy, "capacity": self.capacity}
+
+    def duration_totals(self) -> tuple[float, int]:
+        """Seconds spent in jobs and jobs run, since start."""
+        with self._lock:
+            return self.duration_sum, self.duration_count
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the queue ahead of it at the recent pace."""
@@ -750,6 +760,7 @@ class StreamHandle:
         self.viewers = 0
         self.first_frame = threading.Event()
         self.size: tuple[int, int] | None = None
+        self.latency_sum_s = 0.0  # capture to published, every frame (the summary's _sum)
         self._stop_requested = False
         self._thread = threading.Thread(target=self._run, name=f"streamer-stream-{sid}",
                                         daemon=True)
@@ -765,6 +776,7 @@ class StreamHandle:
                     self.state = "running"
                     self.first_frame.set()
                 self.pipeline.metrics.add_output(item.frame.capture_time)
+                self.latency_sum_s += time.monotonic() - item.frame.capture_time
                 self.slot.publish(item)
             self.state = "stopped" if self._stop_requested else "finished"
         except StreamerError as exc:
@@ -1023,6 +1035,21 @@ class Service:
                 text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
                 lines.append(f"{name}{{{text}}} {_num(value)}" if text else f"{name} {_num(value)}")
 
+        def summary(name: str, help_text: str,
+                    rows: list[tuple[dict[str, str], dict[str, float], float, int]]) -> None:
+            """A Prometheus summary: p50/p95 (milliseconds in) as quantiles, _sum, _count."""
+            samples: list[tuple[str, dict[str, str], float]] = []
+            for labels, ms, total, count in rows:
+                samples += [(name, {**labels, "quantile": q}, ms[p] / 1000.0)
+                            for q, p in (("0.5", "p50"), ("0.95", "p95"))]
+                samples += [(f"{name}_sum", labels, total), (f"{name}_count", labels, count)]
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} summary")
+            for sample, labels, value in samples:
+                text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+                lines.append(f"{sample}{{{text}}} {_num(value)}" if text
+                             else f"{sample} {_num(value)}")
+
         handles = list(self.streams.values())
         summaries = {h.id: h.summary() for h in handles}
         per = [({"stream": h.id}, h) for h in handles]
@@ -1035,10 +1062,12 @@ class Service:
                [(lab, h.pipeline.metrics.current_fps()) for lab, h in per])
         metric("streamer_stream_fps_average", "gauge", "Output frames per second since start.",
                [(lab, summaries[h.id]["fps"]) for lab, h in per])
-        metric("streamer_stream_latency_seconds", "gauge",
-               "End-to-end latency (capture to published) quantiles over recent frames.",
-               [({**lab, "quantile": q}, summaries[h.id]["latency_ms"][p] / 1000.0)
-                for lab, h in per for q, p in (("0.5", "p50"), ("0.95", "p95"))])
+        summary(
+            "streamer_stream_latency_seconds",
+            "End-to-end latency (capture to published): quantiles over recent frames, sum and "
+            "count over all.",
+            [(lab, summaries[h.id]["latency_ms"], h.latency_sum_s,
+              summaries[h.id]["frames_written"]) for lab, h in per])
         counters = (("frames_read", "Frames decoded."), ("frames_parsed", "Frames parsed."),
                     ("frames_written", "Frames published to viewers."),
                     ("frames_dropped", "Frames skipped to hold latency."),
@@ -1055,10 +1084,11 @@ class Service:
         metric("streamer_parse_busy", "gauge", "Parses running now.", [({}, pool["busy"])])
         metric("streamer_parse_queued", "gauge", "Parses waiting for a worker.",
                [({}, pool["queued"])])
-        q = percentiles([d * 1000.0 for d in list(self.pool.durations)])
-        metric("streamer_parse_seconds", "gauge", "Parse job duration quantiles (recent).",
-               [({"quantile": "0.5"}, q["p50"] / 1000.0), ({"quantile": "0.95"},
-                                                            q["p95"] / 1000.0)])
+        parse_sum, parse_count = self.pool.duration_totals()
+        summary("streamer_parse_seconds",
+                "Parse job duration: quantiles over recent jobs, sum and count over all.",
+                [({}, percentiles([d * 1000.0 for d in list(self.pool.durations)]), parse_sum,
+                  parse_count)])
         metric("streamer_parse_requests_total", "counter", "POST /api/parse answers by status.",
                [({"code": str(code)}, n) for code, n in sorted(self.responses.items())])
         for key, help_text in (("cache_hits", "Parses answered from the cache."),

@@ -684,3 +684,40 @@ def test_serve_command_runs_and_stops_on_sigterm(tiny_single_model):
             proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+# --------------------------------------------------------------------------- real clients
+def test_metrics_pass_promtool_and_prometheus_parser(server, clip):
+    """Issue 14 item 14: the exposition is what Prometheus' own tools accept."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert call(server, "POST", "/api/parse", picture(30), {"Content-Type": "image/png"}
+                ).status == 200
+    sid = start_stream(server, clip)["id"]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while stream_summary(server, sid)["frames_written"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        text = call(server, "GET", "/metrics", token=None).body.decode()
+    finally:
+        call(server, "DELETE", f"/api/streams/{sid}")
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("streamer_parse_seconds", "streamer_stream_latency_seconds"):
+        family = families[name]
+        assert family.type == "summary", (name, family.type)
+        kinds = {s.name for s in family.samples}
+        assert {name, f"{name}_sum", f"{name}_count"} <= kinds, kinds
+        count = [s.value for s in family.samples if s.name == f"{name}_count"]
+        assert count and all(c >= 1 for c in count), family.samples
+        quantiles = {s.labels.get("quantile") for s in family.samples if s.name == name}
+        assert quantiles == {"0.5", "0.95"}
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus); the exposition "
+                    "passed prometheus_client's parser only")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
