@@ -82,7 +82,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -92,6 +92,8 @@ import cv2
 import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -1226,10 +1228,12 @@ class SendBuffer:
 class StreamCreate(BaseModel):
     """Body of POST /api/streams."""
 
-    source: str = Field(description="rtsp://... URL, a video file path, or a webcam index",
+    source: str = Field(min_length=1,
+                        description="rtsp://... URL, a video file path, or a webcam index",
                         examples=["rtsp://127.0.0.1:8554/stream"])
-    name: str | None = Field(default=None, description="stream id (letters, digits, - and _); "
-                             "default: a random one")
+    name: str | None = Field(default=None, pattern=STREAM_NAME.pattern,
+                             description="stream id (letters, digits, - and _); default: a "
+                                         "random one")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="config overrides, as {'detector.every': 3} or {'detector': {'every': 3}}; "
@@ -1308,6 +1312,21 @@ async def read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
+def validation_reason(errors: Sequence[Any]) -> str:
+    """One line from FastAPI's validation errors: ``body.name: String should match ...``.
+
+    Example:
+        >>> validation_reason([{"loc": ("body", "source"), "msg": "Field required"}])
+        'invalid request: body.source: Field required'
+    """
+    parts = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
 def create_app(service: Service) -> FastAPI:
     """The ASGI app over ``service`` (``app.state.service``)."""
 
@@ -1343,12 +1362,40 @@ def create_app(service: Service) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> Response:
         return _error_response(exc.status, exc.reason, exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return _error_response(422, validation_reason(exc.errors()))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error_response(exc.status_code, str(exc.detail),
                                dict(exc.headers) if exc.headers else None)
 
     write = [Depends(require_token)]
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's spec, with its ``{"detail": [...]}`` 422 replaced by the one error shape
+        every answer has (see :func:`validation_reason`)."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                               routes=app.routes)
+            for path in spec.get("paths", {}).values():
+                for operation in path.values():
+                    answer = operation.get("responses", {}).get("422")
+                    if answer is None:
+                        continue
+                    answer["content"] = {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/ErrorOut"}}}
+                    if answer.get("description") == "Validation Error":
+                        answer["description"] = "the request does not match this spec (the " \
+                                                "reason names the field)"
+            schemas = spec.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.post(
         "/api/parse", dependencies=write, tags=["parse"],
@@ -1374,7 +1421,9 @@ def create_app(service: Service) -> FastAPI:
     )
     async def parse_image(
         request: Request,
-        fmt: Annotated[str, Query(alias="format", description="json, png or labels")] = "json",
+        fmt: Annotated[str, Query(alias="format", description="json, png or labels",
+                                  json_schema_extra={"enum": ["json", "png", "labels"]})
+                       ] = "json",
         boxes: Annotated[bool, Query(description="draw person boxes on the overlay")] = False,
     ) -> Response:
         status = 500
@@ -1425,7 +1474,8 @@ def create_app(service: Service) -> FastAPI:
         summary="Start a stream from a source URL",
         responses={**ERRORS, 202: {"description": "started, no frame yet"},
                    404: {"model": ErrorOut}, 409: {"model": ErrorOut},
-                   422: {"model": ErrorOut, "description": "the source could not be opened"},
+                   422: {"model": ErrorOut, "description": "the source could not be opened, or "
+                                                           "the body does not match this spec"},
                    429: {"model": ErrorOut, "description": "serve.max_streams are running"}},
     )
     async def create_stream(body: StreamCreate) -> JSONResponse:

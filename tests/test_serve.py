@@ -560,7 +560,7 @@ def test_stream_refusals(server, clip):
         dup = post_json(server, "/api/streams", {"source": str(clip), "name": "cam-a"})
         assert dup.status == 409 and "cam-a" in dup.error
         bad_name = post_json(server, "/api/streams", {"source": str(clip), "name": "a b"})
-        assert bad_name.status == 400
+        assert bad_name.status == 422 and "body.name" in bad_name.error
         started.append(start_stream(server, clip)["id"])
         over = post_json(server, "/api/streams", {"source": str(clip)})
         assert over.status == 429 and "serve.max_streams" in over.error
@@ -687,6 +687,26 @@ def test_serve_command_runs_and_stops_on_sigterm(tiny_single_model):
 
 
 # --------------------------------------------------------------------------- real clients
+def test_validation_errors_have_the_one_error_shape(server):
+    """Issue 14 item 12: FastAPI's own 422s are ``{"error": ...}`` like every other answer,
+    and the spec says so."""
+    for payload in ({"config": {}}, {"source": "x", "name": True, "config": -1}, {"source": ""}):
+        reply = post_json(server, "/api/streams", payload)
+        assert reply.status == 422, reply.body
+        assert set(reply.json()) == {"error"} and reply.error.startswith("invalid request: ")
+    assert "body.source" in post_json(server, "/api/streams", {"config": {}}).error
+    bad_fps = call(server, "GET", "/api/streams/none/mjpeg?fps=-1", token=None)
+    assert bad_fps.status == 422 and "query.fps" in bad_fps.error
+    spec = call(server, "GET", "/openapi.json", token=None).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            answer = operation["responses"].get("422")
+            if answer is not None:
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
 def test_metrics_pass_promtool_and_prometheus_parser(server, clip):
     """Issue 14 item 14: the exposition is what Prometheus' own tools accept."""
     from prometheus_client.parser import text_string_to_metric_families
