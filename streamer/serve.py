@@ -100,6 +100,7 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -1362,6 +1363,14 @@ def create_app(service: Service) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> Response:
         return _error_response(exc.status, exc.reason, exc.headers)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # Normal on the web (a closed tab, a lost connection): one line, no traceback; the
+        # answer goes nowhere.
+        client = request.client.host if request.client else "a client"
+        log.info("%s disconnected during %s %s", client, request.method, request.url.path)
+        return _error_response(400, "the client disconnected before the request was read")
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         return _error_response(422, validation_reason(exc.errors()))
@@ -1450,6 +1459,9 @@ def create_app(service: Service) -> FastAPI:
             raise
         except StarletteHTTPException as exc:
             status = exc.status_code
+            raise
+        except ClientDisconnect:
+            status = 499  # as nginx counts a client that closed the request
             raise
         finally:
             service.responses[status] += 1
