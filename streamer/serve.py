@@ -39,8 +39,10 @@ Endpoints:
 Limits: uploads over ``serve.max_upload_mb`` get 413 (from ``Content-Length`` before reading,
 or as soon as a chunked body passes it); images whose header declares more than
 ``serve.max_pixels`` pixels get 413 before any pixel is decoded; bodies that are not an image
-get 415, broken ones 400. At most ``serve.workers`` parses run at once (default: one per
-core) and ``serve.queue`` more wait; past that the answer is 503 with ``Retry-After``. With
+get 415, broken ones 400, and images with a side under 8 px or a shape past 20:1 (a 1x40000
+strip) 422. An unexpected failure answers 500 with the same ``{"error": ...}`` shape. At
+most ``serve.workers`` parses run at once (default: one per core) and ``serve.queue`` more
+wait; past that the answer is 503 with ``Retry-After``. With
 ``serve.token`` (or ``$STREAMER_TOKEN``) set, POST and DELETE need ``Authorization: Bearer``.
 
 Parse results are cached under the SHA-256 of the image bytes plus the model's checkpoint
@@ -143,6 +145,10 @@ log = logging.getLogger("streamer.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
 #: Formats accepted by POST /api/parse (what Pillow reports as ``Image.format``).
 IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+#: The smallest side and the most elongated shape POST /api/parse accepts: below 8 px nobody
+#: can be parsed, and past 20:1 (a 1x40000 strip) the detector's downscale rounds a side to 0.
+MIN_IMAGE_SIDE = 8
+MAX_ASPECT_RATIO = 20
 #: Body limit for everything but uploads (JSON requests).
 SMALL_BODY = 1 << 20
 #: Room for the multipart envelope around an upload of the maximum size.
@@ -310,6 +316,11 @@ def probe_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                             "TIFF)")
     if width <= 0 or height <= 0:
         raise ApiError(400, f"the image declares an empty size {width}x{height}")
+    short, long = min(width, height), max(width, height)
+    if short < MIN_IMAGE_SIDE or long > MAX_ASPECT_RATIO * short:
+        raise ApiError(422, f"the image is {width}x{height} pixels: its shorter side must be at "
+                            f"least {MIN_IMAGE_SIDE} px and its longer side at most "
+                            f"{MAX_ASPECT_RATIO} times the shorter; crop or pad it")
     if width * height > max_pixels:
         raise ApiError(413, f"the image declares {width}x{height} = {width * height} pixels, "
                             f"over the limit of {max_pixels} (serve.max_pixels); refused "
@@ -1363,6 +1374,13 @@ def create_app(service: Service) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> Response:
         return _error_response(exc.status, exc.reason, exc.headers)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug, not a user mistake: the client gets the one error shape instead of a
+        # plain-text 500; Starlette re-raises it afterwards, so uvicorn logs the traceback.
+        return _error_response(500, f"internal error ({type(exc).__name__}); the server log "
+                                    "has the details")
+
     @app.exception_handler(ClientDisconnect)
     async def client_left(request: Request, exc: ClientDisconnect) -> Response:
         # Normal on the web (a closed tab, a lost connection): one line, no traceback; the
@@ -1418,6 +1436,8 @@ def create_app(service: Service) -> FastAPI:
             413: {"model": ErrorOut, "description": "upload over serve.max_upload_mb, or an "
                                                     "image over serve.max_pixels"},
             415: {"model": ErrorOut, "description": "the body is not an image"},
+            422: {"model": ErrorOut, "description": "a side under 8 px or a shape past 20:1, "
+                                                    "or a query parameter out of range"},
             503: {"model": ErrorOut, "description": "all workers busy and the queue full "
                                                     "(see Retry-After), or the model not ready"},
         },

@@ -419,6 +419,25 @@ def test_decompression_bomb_is_refused_before_decoding(server):
     assert reply.status == 413 and "serve.max_pixels" in reply.error
 
 
+@pytest.mark.parametrize("size", [(1, 40000), (40000, 1), (2, 4000), (3, 3)])
+def test_extreme_or_tiny_images_get_a_json_4xx(server, size):
+    """Issue 14 item 7: a 1x40000 PNG crashed the detector's resize into a plain-text 500."""
+    width, height = size
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buf, "PNG")
+    for fmt in ("json", "png"):
+        reply = call(server, "POST", f"/api/parse?format={fmt}", buf.getvalue(),
+                     {"Content-Type": "image/png"})
+        assert reply.status == 422, reply.body
+        assert reply.headers["content-type"] == "application/json"
+        assert f"{width}x{height}" in reply.error and "at least" in reply.error, reply.error
+    # The limits themselves are fine: 8 px and 20:1.
+    buf = io.BytesIO()
+    Image.fromarray(np.full((160, 8, 3), 128, np.uint8)).save(buf, "PNG")
+    assert call(server, "POST", "/api/parse", buf.getvalue(), {"Content-Type": "image/png"}
+                ).status == 200
+
+
 def test_saturated_pool_answers_503_with_retry_after(server):
     pool = server.service.pool
     gate = threading.Event()
