@@ -45,6 +45,10 @@ most ``serve.workers`` parses run at once (default: one per core) and ``serve.qu
 wait; past that the answer is 503 with ``Retry-After``. With
 ``serve.token`` (or ``$STREAMER_TOKEN``) set, POST and DELETE need ``Authorization: Bearer``.
 
+Stream sources from a request: URLs of :data:`STREAM_URL_SCHEMES`, or, with
+``serve.media_root`` set, files below it (resolved, symlinks too; every failure to open one gets
+the same answer). The server's own ``serve.streams`` and ``source.uri`` may open anything.
+
 Parse results are cached under the SHA-256 of the image bytes plus the model's checkpoint
 digest and the parser and detector settings: in an LRU bounded by ``serve.cache_mb`` in this
 process, or in Redis when ``serve.redis_url`` is set. Identical uploads arriving together are
@@ -89,6 +93,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -123,7 +128,7 @@ from streamer.metrics import percentiles
 from streamer.parser import HumanParser, ParserOptions
 from streamer.pipeline import Parsed, Pipeline
 from streamer.render import PALETTE, PERSON_ONLY, OverlayStyle, Renderer, class_name
-from streamer.sources import redact_url
+from streamer.sources import LIVE_SCHEMES, redact_url
 from streamer.types import Box, ParseResult, Person
 
 __all__ = [
@@ -169,6 +174,8 @@ STREAM_OVERRIDABLE: dict[str, frozenset[str] | None] = {
     "output": frozenset({"frames"}),
 }
 BOUNDARY = "frame"
+#: URL schemes a caller may give as a stream source (FFmpeg knows many more, file:// among them).
+STREAM_URL_SCHEMES = LIVE_SCHEMES | {"http", "https"}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -197,7 +204,8 @@ class ServeConfig:
     max_connections: int = 256       # open connections; more get 503 from uvicorn
     jpeg_quality: int = 80           # MJPEG frames
     mjpeg_sndbuf_kb: int = 256       # kernel send buffer of an MJPEG connection (0: the OS's)
-    allow_files: bool = True         # streams may open local files and webcams, not only URLs
+    media_root: str | None = None    # callers' streams may open video files below this folder
+    allow_files: bool | None = None  # deprecated: files need media_root (false: none at all)
     start_wait_s: float = 15.0       # POST /api/streams waits this long for the first frame
     streams: list[Any] = field(default_factory=list)  # started with the server: URLs or
     #                                  {source: URL, name: ID, config: {section.key: value}}
@@ -218,6 +226,16 @@ class ServeConfig:
                               f"{self.jpeg_quality}")
         if self.token is not None and not str(self.token).strip():
             self.token = None
+        if self.allow_files and self.media_root is None:
+            raise ConfigError("serve.allow_files no longer opens every local path: set "
+                              "serve.media_root to the folder streams may read files from")
+        if self.allow_files is False and self.media_root is not None:
+            raise ConfigError("serve.allow_files=false contradicts serve.media_root: drop one")
+        if self.media_root is not None:
+            root = Path(str(self.media_root)).expanduser()
+            if not root.is_dir():
+                raise ConfigError(f"serve.media_root {str(root)!r} is not an existing folder")
+            self.media_root = os.path.realpath(root)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -761,12 +779,16 @@ class StreamHandle:
     """One served stream: a :class:`Pipeline` iterated in its own thread."""
 
     def __init__(self, sid: str, source: str, config: Config, overrides: dict[str, Any],
-                 jpeg_quality: int) -> None:
+                 jpeg_quality: int, opened: str | None = None,
+                 failure: str | None = None) -> None:
+        """``source`` as the caller named it; ``opened`` what is read (a resolved path);
+        ``failure`` the error text shown for any failure, in place of the real one."""
         self.id = sid
         self.source = source
         self.config = config
         self.overrides = overrides
-        self.pipeline = Pipeline(config, source)
+        self.failure = failure
+        self.pipeline = Pipeline(config, opened or source)
         self.slot = LatestFrame(Renderer(config.render), jpeg_quality, self.pipeline.metrics)
         self.state = "starting"
         self.error: str | None = None
@@ -794,10 +816,12 @@ class StreamHandle:
                 self.slot.publish(item)
             self.state = "stopped" if self._stop_requested else "finished"
         except StreamerError as exc:
-            self.state, self.error = "failed", str(exc)
+            if self.failure is not None:
+                log.info("stream %s failed: %s", self.id, exc)
+            self.state, self.error = "failed", self.failure or str(exc)
         except Exception as exc:
             log.exception("stream %s failed", self.id)
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.state, self.error = "failed", self.failure or f"{type(exc).__name__}: {exc}"
         finally:
             self.slot.close()
             self.first_frame.set()
@@ -885,7 +909,8 @@ class Service:
                 log.error("serve.streams entry %r needs a source", spec)
                 continue
             try:
-                self.add_stream(str(spec["source"]), spec.get("name"), spec.get("config"))
+                self.add_stream(str(spec["source"]), spec.get("name"), spec.get("config"),
+                                trusted=True)
             except (ApiError, ConfigError) as exc:
                 log.error("cannot start configured stream %s: %s",
                           redact_url(str(spec["source"])), exc)
@@ -967,14 +992,16 @@ class Service:
             raise ApiError(404, f"no stream {sid!r}")
         return handle
 
-    def add_stream(self, source: str, name: str | None,
-                   overrides: dict[str, Any] | None) -> StreamHandle:
+    def add_stream(self, source: str, name: str | None, overrides: dict[str, Any] | None,
+                   trusted: bool = False) -> StreamHandle:
+        """Starts a stream. A caller's source (``trusted`` false) is a stream URL or a file
+        below ``serve.media_root``; the server's own configuration may open anything."""
         source = source.strip()
         if not source:
             raise ApiError(400, "source must not be empty")
-        if not self.settings.allow_files and "://" not in source:
-            raise ApiError(400, "this server only opens stream URLs (serve.allow_files is "
-                                "false)")
+        opened, failure = source, None
+        if not trusted:
+            opened, failure = self._confined(source)
         if name is not None and not STREAM_NAME.match(name):
             raise ApiError(400, "name must be 1-40 letters, digits, '-' or '_'")
         try:
@@ -991,10 +1018,39 @@ class Service:
                 raise ApiError(409, f"a stream named {sid!r} exists; delete it first")
             self._forget_old_streams()
             handle = StreamHandle(sid, source, config, dict(overrides or {}),
-                                  self.settings.jpeg_quality)
+                                  self.settings.jpeg_quality, opened=opened, failure=failure)
             self.streams[sid] = handle
         handle.start()
         return handle
+
+    def _confined(self, source: str) -> tuple[str, str | None]:
+        """What to open for a caller's ``source``, and the one text any failure to open a
+        local file gets (``None`` for URLs).
+
+        Missing, unreadable, not a video, or outside the root (symlinks resolved): all get
+        the same answer, so that a caller learns nothing about files it may not read.
+        """
+        root = self.settings.media_root
+        if source.isdigit() or source.startswith("/dev/"):
+            raise ApiError(400, "webcams and devices are opened only from the server's own "
+                                "configuration (serve.streams), not by a request")
+        scheme = urlsplit(source).scheme.lower() if "://" in source else ""
+        if scheme:
+            if scheme not in STREAM_URL_SCHEMES:
+                raise ApiError(400, f"{scheme}:// sources are not opened by this server (send "
+                                    f"{', '.join(sorted(STREAM_URL_SCHEMES))} URLs"
+                                    + (", or a path below serve.media_root)" if root else ")"))
+            return source, None
+        if root is None:
+            raise ApiError(400, "this server opens no local files, only stream URLs (its "
+                                "operator can allow files below a folder with "
+                                "serve.media_root)")
+        failure = f"no readable video at {source!r} below serve.media_root"
+        real = os.path.realpath(os.path.join(root, source))
+        inside = os.path.commonpath([root, real]) == root and real != root
+        if not inside or not os.path.isfile(real) or not os.access(real, os.R_OK):
+            raise ApiError(422, f"cannot start the stream: {failure}")
+        return real, failure
 
     def _forget_old_streams(self) -> None:
         ended = [h for h in self.streams.values() if not h.active]

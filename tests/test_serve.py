@@ -186,12 +186,12 @@ def settings_for(model: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_single_model) -> Iterator[BackgroundServer]:
+def server(tiny_single_model, clip) -> Iterator[BackgroundServer]:
     config, settings = settings_for(
         tiny_single_model, f"serve.token={TOKEN}", "serve.max_upload_mb=0.5",
         f"serve.max_pixels={MAX_PIXELS}", "serve.workers=1", "serve.queue=1",
         "serve.max_streams=2", "serve.cache_mb=16", "serve.mjpeg_sndbuf_kb=16",
-        "serve.max_viewers=2")
+        "serve.max_viewers=2", f"serve.media_root='{clip.parent}'")
     with BackgroundServer(Service(config, settings)) as srv:
         yield srv
 
@@ -568,7 +568,7 @@ def test_stream_refusals(server, clip):
                                                    "config": {"output.path": "/tmp/x.mp4"}})
     assert forbidden.status == 400 and "output.path" in forbidden.error
     missing = post_json(server, "/api/streams", {"source": str(clip.with_name("nope.mp4"))})
-    assert missing.status == 422 and "not found" in missing.error
+    assert missing.status == 422 and "no readable video" in missing.error
     assert post_json(server, "/api/streams", {"config": {}}).status == 422
 
     named = post_json(server, "/api/streams", {"source": str(clip), "name": "cam-a",
@@ -599,14 +599,81 @@ def test_configured_streams_start_with_the_server(tiny_single_model, clip):
         assert call(srv, "DELETE", "/api/streams/cfg").status == 200
 
 
-def test_only_urls_when_files_are_not_allowed(tiny_single_model, clip):
-    from streamer.serve import ApiError
+def test_no_local_files_unless_media_root_is_set(tiny_single_model, clip, tmp_path):
+    """Issue 14 item 11: by default a caller opens no local file at all (not even with
+    ``file://``), no webcam, and cannot tell a missing path from an existing one."""
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    config, settings = settings_for(tiny_single_model, "serve.workers=1")
+    assert settings.media_root is None and settings.host == "127.0.0.1"
+    with BackgroundServer(Service(config, settings)) as srv:
+        answers = {}
+        for source in (str(clip), str(secret), str(tmp_path / "missing.mp4"), "/etc/hostname",
+                       f"file://{clip}", f"file://{secret}", "0", "/dev/video0",
+                       "concat:" + str(clip)):
+            reply = post_json(srv, "/api/streams", {"source": source}, token=None)
+            assert reply.status == 400, (source, reply.body)
+            answers[source] = reply.error.replace(source, "SOURCE")
+        assert "serve.media_root" in answers[str(clip)]
+        # One answer for a video, a key file and a missing path: nothing to tell them apart.
+        assert answers[str(clip)] == answers[str(secret)] == answers[str(tmp_path / "missing.mp4")]
+        assert call(srv, "GET", "/api/streams", token=None).json()["streams"] == []
 
-    config, settings = settings_for(tiny_single_model, "serve.allow_files=false")
-    service = Service(config, settings)  # not started: refused before anything runs
-    with pytest.raises(ApiError, match="allow_files") as refused:
-        service.add_stream(str(clip), None, {})
-    assert refused.value.status == 400
+
+def test_media_root_confines_files_and_answers_alike(tiny_single_model, clip, tmp_path):
+    root = tmp_path / "media"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(clip, root / "sub" / "inside.mp4")
+    (root / "notes.mp4").write_text("not a video\n")
+    (root / "escape.mp4").symlink_to(clip)           # a real video, but outside the root
+    (root / "sub" / "alias.mp4").symlink_to(root / "sub" / "inside.mp4")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(clip, outside / "video.mp4")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    config, settings = settings_for(tiny_single_model, "serve.workers=1", "serve.max_streams=4",
+                                    f"serve.media_root='{root}'")
+    with BackgroundServer(Service(config, settings)) as srv:
+        started = []
+        for source in ("sub/inside.mp4", str(root / "sub" / "inside.mp4"), "sub/alias.mp4"):
+            reply = post_json(srv, "/api/streams", {"source": source, "config": {
+                "source.realtime": True, "detector.type": "full"}}, token=None)
+            assert reply.status == 201, (source, reply.body)
+            started.append(reply.json()["id"])
+        for sid in started:
+            assert call(srv, "DELETE", f"/api/streams/{sid}").status == 200
+        refused = {}
+        for source in ("missing.mp4", "notes.mp4", "escape.mp4", "linkdir/video.mp4",
+                       "../outside/video.mp4", str(outside / "video.mp4"), str(clip), "sub",
+                       "/etc/hostname", f"file://{root}/sub/inside.mp4", "1"):
+            reply = post_json(srv, "/api/streams", {"source": source}, token=None)
+            assert reply.status in (400, 422), (source, reply.body)
+            refused[source] = (reply.status, reply.error.replace(source, "SOURCE"))
+        local = [refused[s] for s in ("missing.mp4", "notes.mp4", "escape.mp4",
+                                      "linkdir/video.mp4", "../outside/video.mp4",
+                                      str(outside / "video.mp4"), str(clip), "sub",
+                                      "/etc/hostname")]
+        assert len(set(local)) == 1, refused  # missing, not a video, outside: one answer
+        assert local[0][0] == 422 and "serve.media_root" in local[0][1]
+        assert refused["1"][0] == 400 and "webcam" in refused["1"][1]
+        assert refused[f"file://{root}/sub/inside.mp4"][0] == 400
+
+
+def test_allow_files_and_media_root_settings(tiny_single_model, tmp_path, capsys):
+    from streamer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="serve.media_root"):
+        load_settings(None, ["serve.allow_files=true"])
+    with pytest.raises(ConfigError, match="serve.media_root"):
+        load_settings(None, [f"serve.media_root='{tmp_path / 'nope'}'"])
+    with pytest.raises(ConfigError, match="allow_files"):
+        load_settings(None, ["serve.allow_files=false", f"serve.media_root='{tmp_path}'"])
+    assert load_settings(None, ["serve.allow_files=false"])[1].media_root is None
+    both = load_settings(None, ["serve.allow_files=true", f"serve.media_root='{tmp_path}'"])[1]
+    assert both.media_root == str(tmp_path.resolve())
+    assert main(["--set", "serve.allow_files=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "serve.media_root" in err, err
 
 
 # --------------------------------------------------------------------------- caches
