@@ -186,12 +186,12 @@ def settings_for(model: Path, *extra: str):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_single_model) -> Iterator[BackgroundServer]:
+def server(tiny_single_model, clip) -> Iterator[BackgroundServer]:
     config, settings = settings_for(
         tiny_single_model, f"serve.token={TOKEN}", "serve.max_upload_mb=0.5",
         f"serve.max_pixels={MAX_PIXELS}", "serve.workers=1", "serve.queue=1",
         "serve.max_streams=2", "serve.cache_mb=16", "serve.mjpeg_sndbuf_kb=16",
-        "serve.max_viewers=2")
+        "serve.max_viewers=2", f"serve.media_root='{clip.parent}'")
     with BackgroundServer(Service(config, settings)) as srv:
         yield srv
 
@@ -419,6 +419,25 @@ def test_decompression_bomb_is_refused_before_decoding(server):
     assert reply.status == 413 and "serve.max_pixels" in reply.error
 
 
+@pytest.mark.parametrize("size", [(1, 40000), (40000, 1), (2, 4000), (3, 3)])
+def test_extreme_or_tiny_images_get_a_json_4xx(server, size):
+    """Issue 14 item 7: a 1x40000 PNG crashed the detector's resize into a plain-text 500."""
+    width, height = size
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), 128, np.uint8)).save(buf, "PNG")
+    for fmt in ("json", "png"):
+        reply = call(server, "POST", f"/api/parse?format={fmt}", buf.getvalue(),
+                     {"Content-Type": "image/png"})
+        assert reply.status == 422, reply.body
+        assert reply.headers["content-type"] == "application/json"
+        assert f"{width}x{height}" in reply.error and "at least" in reply.error, reply.error
+    # The limits themselves are fine: 8 px and 20:1.
+    buf = io.BytesIO()
+    Image.fromarray(np.full((160, 8, 3), 128, np.uint8)).save(buf, "PNG")
+    assert call(server, "POST", "/api/parse", buf.getvalue(), {"Content-Type": "image/png"}
+                ).status == 200
+
+
 def test_saturated_pool_answers_503_with_retry_after(server):
     pool = server.service.pool
     gate = threading.Event()
@@ -549,7 +568,7 @@ def test_stream_refusals(server, clip):
                                                    "config": {"output.path": "/tmp/x.mp4"}})
     assert forbidden.status == 400 and "output.path" in forbidden.error
     missing = post_json(server, "/api/streams", {"source": str(clip.with_name("nope.mp4"))})
-    assert missing.status == 422 and "not found" in missing.error
+    assert missing.status == 422 and "no readable video" in missing.error
     assert post_json(server, "/api/streams", {"config": {}}).status == 422
 
     named = post_json(server, "/api/streams", {"source": str(clip), "name": "cam-a",
@@ -560,7 +579,7 @@ def test_stream_refusals(server, clip):
         dup = post_json(server, "/api/streams", {"source": str(clip), "name": "cam-a"})
         assert dup.status == 409 and "cam-a" in dup.error
         bad_name = post_json(server, "/api/streams", {"source": str(clip), "name": "a b"})
-        assert bad_name.status == 400
+        assert bad_name.status == 422 and "body.name" in bad_name.error
         started.append(start_stream(server, clip)["id"])
         over = post_json(server, "/api/streams", {"source": str(clip)})
         assert over.status == 429 and "serve.max_streams" in over.error
@@ -580,14 +599,81 @@ def test_configured_streams_start_with_the_server(tiny_single_model, clip):
         assert call(srv, "DELETE", "/api/streams/cfg").status == 200
 
 
-def test_only_urls_when_files_are_not_allowed(tiny_single_model, clip):
-    from streamer.serve.service import ApiError
+def test_no_local_files_unless_media_root_is_set(tiny_single_model, clip, tmp_path):
+    """Issue 14 item 11: by default a caller opens no local file at all (not even with
+    ``file://``), no webcam, and cannot tell a missing path from an existing one."""
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    config, settings = settings_for(tiny_single_model, "serve.workers=1")
+    assert settings.media_root is None and settings.host == "127.0.0.1"
+    with BackgroundServer(Service(config, settings)) as srv:
+        answers = {}
+        for source in (str(clip), str(secret), str(tmp_path / "missing.mp4"), "/etc/hostname",
+                       f"file://{clip}", f"file://{secret}", "0", "/dev/video0",
+                       "concat:" + str(clip)):
+            reply = post_json(srv, "/api/streams", {"source": source}, token=None)
+            assert reply.status == 400, (source, reply.body)
+            answers[source] = reply.error.replace(source, "SOURCE")
+        assert "serve.media_root" in answers[str(clip)]
+        # One answer for a video, a key file and a missing path: nothing to tell them apart.
+        assert answers[str(clip)] == answers[str(secret)] == answers[str(tmp_path / "missing.mp4")]
+        assert call(srv, "GET", "/api/streams", token=None).json()["streams"] == []
 
-    config, settings = settings_for(tiny_single_model, "serve.allow_files=false")
-    service = Service(config, settings)  # not started: refused before anything runs
-    with pytest.raises(ApiError, match="allow_files") as refused:
-        service.add_stream(str(clip), None, {})
-    assert refused.value.status == 400
+
+def test_media_root_confines_files_and_answers_alike(tiny_single_model, clip, tmp_path):
+    root = tmp_path / "media"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(clip, root / "sub" / "inside.mp4")
+    (root / "notes.mp4").write_text("not a video\n")
+    (root / "escape.mp4").symlink_to(clip)           # a real video, but outside the root
+    (root / "sub" / "alias.mp4").symlink_to(root / "sub" / "inside.mp4")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(clip, outside / "video.mp4")
+    (root / "linkdir").symlink_to(outside, target_is_directory=True)
+    config, settings = settings_for(tiny_single_model, "serve.workers=1", "serve.max_streams=4",
+                                    f"serve.media_root='{root}'")
+    with BackgroundServer(Service(config, settings)) as srv:
+        started = []
+        for source in ("sub/inside.mp4", str(root / "sub" / "inside.mp4"), "sub/alias.mp4"):
+            reply = post_json(srv, "/api/streams", {"source": source, "config": {
+                "source.realtime": True, "detector.type": "full"}}, token=None)
+            assert reply.status == 201, (source, reply.body)
+            started.append(reply.json()["id"])
+        for sid in started:
+            assert call(srv, "DELETE", f"/api/streams/{sid}").status == 200
+        refused = {}
+        for source in ("missing.mp4", "notes.mp4", "escape.mp4", "linkdir/video.mp4",
+                       "../outside/video.mp4", str(outside / "video.mp4"), str(clip), "sub",
+                       "/etc/hostname", f"file://{root}/sub/inside.mp4", "1"):
+            reply = post_json(srv, "/api/streams", {"source": source}, token=None)
+            assert reply.status in (400, 422), (source, reply.body)
+            refused[source] = (reply.status, reply.error.replace(source, "SOURCE"))
+        local = [refused[s] for s in ("missing.mp4", "notes.mp4", "escape.mp4",
+                                      "linkdir/video.mp4", "../outside/video.mp4",
+                                      str(outside / "video.mp4"), str(clip), "sub",
+                                      "/etc/hostname")]
+        assert len(set(local)) == 1, refused  # missing, not a video, outside: one answer
+        assert local[0][0] == 422 and "serve.media_root" in local[0][1]
+        assert refused["1"][0] == 400 and "webcam" in refused["1"][1]
+        assert refused[f"file://{root}/sub/inside.mp4"][0] == 400
+
+
+def test_allow_files_and_media_root_settings(tiny_single_model, tmp_path, capsys):
+    from streamer.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="serve.media_root"):
+        load_settings(None, ["serve.allow_files=true"])
+    with pytest.raises(ConfigError, match="serve.media_root"):
+        load_settings(None, [f"serve.media_root='{tmp_path / 'nope'}'"])
+    with pytest.raises(ConfigError, match="allow_files"):
+        load_settings(None, ["serve.allow_files=false", f"serve.media_root='{tmp_path}'"])
+    assert load_settings(None, ["serve.allow_files=false"])[1].media_root is None
+    both = load_settings(None, ["serve.allow_files=true", f"serve.media_root='{tmp_path}'"])[1]
+    assert both.media_root == str(tmp_path.resolve())
+    assert main(["--set", "serve.allow_files=true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "serve.media_root" in err, err
 
 
 # --------------------------------------------------------------------------- caches
@@ -684,3 +770,100 @@ def test_serve_command_runs_and_stops_on_sigterm(tiny_single_model):
             proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+# --------------------------------------------------------------------------- real clients
+def test_validation_errors_have_the_one_error_shape(server):
+    """Issue 14 item 12: FastAPI's own 422s are ``{"error": ...}`` like every other answer,
+    and the spec says so."""
+    for payload in ({"config": {}}, {"source": "x", "name": True, "config": -1}, {"source": ""}):
+        reply = post_json(server, "/api/streams", payload)
+        assert reply.status == 422, reply.body
+        assert set(reply.json()) == {"error"} and reply.error.startswith("invalid request: ")
+    assert "body.source" in post_json(server, "/api/streams", {"config": {}}).error
+    bad_fps = call(server, "GET", "/api/streams/none/mjpeg?fps=-1", token=None)
+    assert bad_fps.status == 422 and "query.fps" in bad_fps.error
+    spec = call(server, "GET", "/openapi.json", token=None).json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            answer = operation["responses"].get("422")
+            if answer is not None:
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorOut"}, (method, path)
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+
+
+def test_metrics_pass_promtool_and_prometheus_parser(server, clip):
+    """Issue 14 item 14: the exposition is what Prometheus' own tools accept."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert call(server, "POST", "/api/parse", picture(30), {"Content-Type": "image/png"}
+                ).status == 200
+    sid = start_stream(server, clip)["id"]
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while stream_summary(server, sid)["frames_written"] < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        text = call(server, "GET", "/metrics", token=None).body.decode()
+    finally:
+        call(server, "DELETE", f"/api/streams/{sid}")
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("streamer_parse_seconds", "streamer_stream_latency_seconds"):
+        family = families[name]
+        assert family.type == "summary", (name, family.type)
+        kinds = {s.name for s in family.samples}
+        assert {name, f"{name}_sum", f"{name}_count"} <= kinds, kinds
+        count = [s.value for s in family.samples if s.name == f"{name}_count"]
+        assert count and all(c >= 1 for c in count), family.samples
+        quantiles = {s.labels.get("quantile") for s in family.samples if s.name == name}
+        assert quantiles == {"0.5", "0.95"}
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus); the exposition "
+                    "passed prometheus_client's parser only")
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                             capture_output=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_client_dropping_mid_upload_logs_one_line_at_most(tiny_single_model):
+    """Issue 14 item 13: a real socket sends half a multipart upload and closes; the server
+    (the real command, its real logging) logs no traceback, and goes on serving."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_stream.py"), "serve", "--port", "0", "--model",
+         str(tiny_single_model), "--set", "parser.engine=torch", "--set", "serve.workers=1",
+         "--log-level", "INFO"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        port = int(match.group(1))
+        body, headers = multipart(picture(40, size=(400, 300)))
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+                sock.sendall(f"POST /api/parse HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                             f"Content-Type: {headers['Content-Type']}\r\n"
+                             f"Content-Length: {len(body)}\r\n\r\n".encode()
+                             + body[: len(body) // 2])
+                time.sleep(0.3)  # the server is reading the body when the client goes
+        time.sleep(0.5)
+        ok = call(SimpleNamespace(port=port), "POST", "/api/parse", picture(41),
+                  {"Content-Type": "image/png"}, token=None)
+        assert ok.status == 200, ok.body
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert "Traceback" not in log and "Exception in ASGI" not in log, log
+    dropped = [line for line in log.splitlines() if "disconnect" in line.lower()
+               or "went away" in line.lower()]
+    assert len(dropped) <= 2, log  # one line per dropped client at most

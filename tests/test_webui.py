@@ -56,11 +56,81 @@ def browser(tmp_path_factory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_single_model) -> Iterator[BackgroundServer]:
+def clips(tmp_path_factory) -> Path:
+    """The server's serve.media_root: the clips the page may start streams from."""
+    root = tmp_path_factory.mktemp("webui-media")
+    make_clip(root / "live.mp4", frames=250, size=(320, 240), fps=25)
+    make_clip(root / "short.mp4", frames=60, size=(320, 240), fps=25)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tiny_single_model, clips) -> Iterator[BackgroundServer]:
     config, settings = load_settings(None, [f"parser.model='{tiny_single_model}'",
-                                            "parser.engine=torch", "serve.workers=1"])
+                                            "parser.engine=torch", "serve.workers=1",
+                                            f"serve.media_root='{clips}'"])
     with BackgroundServer(Service(config, settings)) as srv:
         yield srv
+
+
+def start_stream(server: BackgroundServer, source: str, name: str) -> None:
+    request = urllib.request.Request(
+        server.url + "/api/streams", method="POST",
+        data=json.dumps({"source": source, "name": name,
+                         "config": {"source.realtime": True, "detector.type": "full"}}).encode(),
+        headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        assert reply.status == 201
+
+
+def stop_stream(server: BackgroundServer, name: str) -> None:
+    delete = urllib.request.Request(server.url + f"/api/streams/{name}", method="DELETE")
+    with urllib.request.urlopen(delete, timeout=60) as reply:
+        assert reply.status == 200
+
+
+def upload(driver: object, path: Path) -> object:
+    """Chooses ``path`` in the page's file input; returns the status line once it is done."""
+    from selenium.webdriver.common.by import By
+
+    driver.execute_script("document.getElementById('status').dataset.state = 'idle'")
+    driver.find_element(By.ID, "file").send_keys(str(path))
+    return wait_for(driver, lambda d: (d.find_element(By.ID, "status")
+                                       if d.find_element(By.ID, "status")
+                                       .get_attribute("data-state") in ("done", "error")
+                                       else False))
+
+
+# Images shown with nothing to show: what Chromium draws as a broken-image icon.
+BROKEN_IMAGES_JS = """
+return [...document.images].filter((img) => {
+  const box = img.getBoundingClientRect();
+  const shown = getComputedStyle(img).display !== 'none' && box.width > 0 && box.height > 0;
+  return shown && img.naturalWidth === 0;
+}).map((img) => img.id);
+"""
+
+# Every pair of legend entries whose drawn content (swatch, name, count) overlaps.
+LEGEND_OVERLAPS_JS = """
+const boxes = [...document.querySelectorAll('#legend li')].map((li) => {
+  const rects = [...li.children].map((c) => c.getBoundingClientRect()).filter((r) => r.width);
+  const edge = (f, key) => f(...rects.map((r) => r[key]));
+  return {name: li.textContent,
+          left: edge(Math.min, 'left'), right: edge(Math.max, 'right'),
+          top: edge(Math.min, 'top'), bottom: edge(Math.max, 'bottom'),
+          clipped: [...li.children].some((c) => c.scrollWidth > c.clientWidth + 1)};
+});
+const overlaps = [];
+for (let i = 0; i < boxes.length; i++) {
+  if (boxes[i].clipped) overlaps.push([boxes[i].name, 'its own box']);
+  for (let j = i + 1; j < boxes.length; j++) {
+    const a = boxes[i], b = boxes[j];
+    if (a.left < b.right - 0.5 && b.left < a.right - 0.5 && a.top < b.bottom - 0.5
+        && b.top < a.bottom - 0.5) overlaps.push([a.name, b.name]);
+  }
+}
+return overlaps;
+"""
 
 
 def wait_for(driver: object, condition, timeout: float = 90):
@@ -97,11 +167,7 @@ def test_upload_a_photo_and_see_the_overlay(browser, server, media):
     driver = browser
     driver.get(server.url + "/")
     wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend li")) >= 20)
-    driver.find_element(By.ID, "file").send_keys(str(media / "images" / PHOTO))
-    status = wait_for(driver, lambda d: (d.find_element(By.ID, "status")
-                                         if d.find_element(By.ID, "status")
-                                         .get_attribute("data-state") in ("done", "error")
-                                         else False))
+    status = upload(driver, media / "images" / PHOTO)
     assert status.get_attribute("data-state") == "done", status.text
 
     seen = driver.execute_script(COMPARE_JS)
@@ -115,24 +181,18 @@ def test_upload_a_photo_and_see_the_overlay(browser, server, media):
     assert present, "the legend marks the classes found"
     swatch = present[0].find_element(By.CSS_SELECTOR, ".swatch")
     assert swatch.value_of_css_property("background-color") not in ("", "rgba(0, 0, 0, 0)")
+    assert driver.execute_script(LEGEND_OVERLAPS_JS) == []
     rows = driver.find_elements(By.CSS_SELECTOR, "#persons tbody tr")
     assert rows and rows[0].find_elements(By.TAG_NAME, "td")[0].text == "1"
     shot = artifacts() / "parse.png"
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
 
 
-def test_live_view_shows_the_stream_with_fps_and_latency(browser, server, tmp_path):
+def test_live_view_shows_the_stream_with_fps_and_latency(browser, server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
-    clip = make_clip(tmp_path / "live.mp4", frames=250, size=(320, 240), fps=25)
-    request = urllib.request.Request(
-        server.url + "/api/streams", method="POST",
-        data=json.dumps({"source": str(clip), "name": "webui",
-                         "config": {"source.realtime": True, "detector.type": "full"}}).encode(),
-        headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as reply:
-        assert reply.status == 201
+    start_stream(server, "live.mp4", "webui")
     driver = browser
     try:
         driver.get(server.url + "/")
@@ -151,6 +211,79 @@ def test_live_view_shows_the_stream_with_fps_and_latency(browser, server, tmp_pa
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
     finally:
         driver.get("about:blank")  # closes the MJPEG connection
-        delete = urllib.request.Request(server.url + "/api/streams/webui", method="DELETE")
-        with urllib.request.urlopen(delete, timeout=60) as reply:
-            assert reply.status == 200
+        stop_stream(server, "webui")
+
+
+def test_no_broken_image_before_anything_is_shown(browser, server):
+    """Issue 14 item 15: the live area (and the photo pair) drew broken-image icons."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(server.url + "/")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend li")) >= 20)
+    assert driver.execute_script(BROKEN_IMAGES_JS) == []
+    assert not driver.find_element(By.ID, "live-view").is_displayed()
+    assert driver.find_element(By.ID, "live-empty").is_displayed()
+    shot = artifacts() / "empty.png"
+    assert driver.save_screenshot(str(shot))
+
+
+def test_the_menu_follows_a_stream_that_ends(browser, server):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    start_stream(server, "short.mp4", "short")  # 2.4 s, paced in real time
+    driver = browser
+    try:
+        driver.get(server.url + "/")
+        wait_for(driver, lambda d: "short" in [o.get_attribute("value") for o in
+                                               d.find_elements(By.CSS_SELECTOR,
+                                                               "#streams option")])
+        Select(driver.find_element(By.ID, "streams")).select_by_value("short")
+        option = "#streams option[value='short']"
+        wait_for(driver, lambda d: d.find_element(By.ID, "s-state").text == "finished")
+        wait_for(driver, lambda d: "(finished)" in d.find_element(By.CSS_SELECTOR,
+                                                                  option).text, timeout=5)
+        assert "running" not in driver.find_element(By.CSS_SELECTOR, option).text
+    finally:
+        driver.get("about:blank")
+        stop_stream(server, "short")
+
+
+def test_a_cache_hit_says_so_without_an_old_parse_time(browser, server, media):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(server.url + "/")
+    wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend li")) >= 20)
+    photo = media / "images" / PHOTO
+    upload(driver, photo)
+    status = upload(driver, photo)  # the same bytes again: answered from the cache
+    assert status.get_attribute("data-state") == "done", status.text
+    text = status.text
+    assert "cache hit" in text and "parsed in" not in text, text
+    assert driver.find_element(By.ID, "overlay").is_displayed()
+
+
+def test_narrow_window_has_no_sideways_scroll_and_a_readable_legend(browser, server, media):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    size = driver.get_window_size()
+    try:
+        driver.set_window_size(420, 1400)
+        driver.get(server.url + "/")
+        assert driver.execute_script("return window.innerWidth") <= 420
+        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#legend li")) >= 20)
+        status = upload(driver, media / "images" / PHOTO)
+        assert status.get_attribute("data-state") == "done", status.text
+        width, inner = driver.execute_script(
+            "return [document.documentElement.scrollWidth, window.innerWidth]")
+        assert width <= inner, (width, inner)
+        assert driver.execute_script(LEGEND_OVERLAPS_JS) == []
+        shot = artifacts() / "narrow.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+        driver.execute_script("document.getElementById('live').scrollIntoView()")
+        assert driver.save_screenshot(str(artifacts() / "narrow-live.png"))
+    finally:
+        driver.set_window_size(size["width"], size["height"])

@@ -39,9 +39,15 @@ Endpoints:
 Limits: uploads over ``serve.max_upload_mb`` get 413 (from ``Content-Length`` before reading,
 or as soon as a chunked body passes it); images whose header declares more than
 ``serve.max_pixels`` pixels get 413 before any pixel is decoded; bodies that are not an image
-get 415, broken ones 400. At most ``serve.workers`` parses run at once (default: one per
-core) and ``serve.queue`` more wait; past that the answer is 503 with ``Retry-After``. With
+get 415, broken ones 400, and images with a side under 8 px or a shape past 20:1 (a 1x40000
+strip) 422. An unexpected failure answers 500 with the same ``{"error": ...}`` shape. At
+most ``serve.workers`` parses run at once (default: one per core) and ``serve.queue`` more
+wait; past that the answer is 503 with ``Retry-After``. With
 ``serve.token`` (or ``$STREAMER_TOKEN``) set, POST and DELETE need ``Authorization: Bearer``.
+
+Stream sources from a request: URLs of :data:`STREAM_URL_SCHEMES`, or, with
+``serve.media_root`` set, files below it (resolved, symlinks too; every failure to open one gets
+the same answer). The server's own ``serve.streams`` and ``source.uri`` may open anything.
 
 Parse results are cached under the SHA-256 of the image bytes plus the model's checkpoint
 digest and the parser and detector settings: in an LRU bounded by ``serve.cache_mb`` in this
@@ -82,22 +88,26 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -113,7 +123,7 @@ from streamer.core.errors import ConfigError, ModelError, StreamerError
 from streamer.core.heap import return_large_buffers
 from streamer.core.metrics import percentiles
 from streamer.core.types import Box, ParseResult, Person
-from streamer.io.sources import redact_url
+from streamer.io.sources import LIVE_SCHEMES, redact_url
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.parsing.engines import file_digest
 from streamer.parsing.parser import HumanParser, ParserOptions
@@ -140,6 +150,10 @@ log = logging.getLogger("streamer.serve")
 WEB_DIR = Path(__file__).resolve().parent / "web"
 #: Formats accepted by POST /api/parse (what Pillow reports as ``Image.format``).
 IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+#: The smallest side and the most elongated shape POST /api/parse accepts: below 8 px nobody
+#: can be parsed, and past 20:1 (a 1x40000 strip) the detector's downscale rounds a side to 0.
+MIN_IMAGE_SIDE = 8
+MAX_ASPECT_RATIO = 20
 #: Body limit for everything but uploads (JSON requests).
 SMALL_BODY = 1 << 20
 #: Room for the multipart envelope around an upload of the maximum size.
@@ -160,6 +174,8 @@ STREAM_OVERRIDABLE: dict[str, frozenset[str] | None] = {
     "output": frozenset({"frames"}),
 }
 BOUNDARY = "frame"
+#: URL schemes a caller may give as a stream source (FFmpeg knows many more, file:// among them).
+STREAM_URL_SCHEMES = LIVE_SCHEMES | {"http", "https"}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -188,7 +204,8 @@ class ServeConfig:
     max_connections: int = 256       # open connections; more get 503 from uvicorn
     jpeg_quality: int = 80           # MJPEG frames
     mjpeg_sndbuf_kb: int = 256       # kernel send buffer of an MJPEG connection (0: the OS's)
-    allow_files: bool = True         # streams may open local files and webcams, not only URLs
+    media_root: str | None = None    # callers' streams may open video files below this folder
+    allow_files: bool | None = None  # deprecated: files need media_root (false: none at all)
     start_wait_s: float = 15.0       # POST /api/streams waits this long for the first frame
     streams: list[Any] = field(default_factory=list)  # started with the server: URLs or
     #                                  {source: URL, name: ID, config: {section.key: value}}
@@ -209,6 +226,16 @@ class ServeConfig:
                               f"{self.jpeg_quality}")
         if self.token is not None and not str(self.token).strip():
             self.token = None
+        if self.allow_files and self.media_root is None:
+            raise ConfigError("serve.allow_files no longer opens every local path: set "
+                              "serve.media_root to the folder streams may read files from")
+        if self.allow_files is False and self.media_root is not None:
+            raise ConfigError("serve.allow_files=false contradicts serve.media_root: drop one")
+        if self.media_root is not None:
+            root = Path(str(self.media_root)).expanduser()
+            if not root.is_dir():
+                raise ConfigError(f"serve.media_root {str(root)!r} is not an existing folder")
+            self.media_root = os.path.realpath(root)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -307,6 +334,11 @@ def probe_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                             "TIFF)")
     if width <= 0 or height <= 0:
         raise ApiError(400, f"the image declares an empty size {width}x{height}")
+    short, long = min(width, height), max(width, height)
+    if short < MIN_IMAGE_SIDE or long > MAX_ASPECT_RATIO * short:
+        raise ApiError(422, f"the image is {width}x{height} pixels: its shorter side must be at "
+                            f"least {MIN_IMAGE_SIDE} px and its longer side at most "
+                            f"{MAX_ASPECT_RATIO} times the shorter; crop or pad it")
     if width * height > max_pixels:
         raise ApiError(413, f"the image declares {width}x{height} = {width * height} pixels, "
                             f"over the limit of {max_pixels} (serve.max_pixels); refused "
@@ -548,6 +580,8 @@ class ParsePool:
         self._busy = 0
         self._threads: list[threading.Thread] = []
         self.durations: collections.deque[float] = collections.deque(maxlen=256)
+        self.duration_sum = 0.0  # every job since start (the summary's _sum and _count)
+        self.duration_count = 0
         self.classes: tuple[str, ...] = ()
 
     def start(self) -> None:
@@ -612,9 +646,12 @@ class ParsePool:
                 except BaseException as exc:
                     future.set_exception(exc)
                 finally:
-                    self.durations.append(time.perf_counter() - started)
+                    took = time.perf_counter() - started
+                    self.durations.append(took)
                     with self._lock:
                         self._busy -= 1
+                        self.duration_sum += took
+                        self.duration_count += 1
             finally:
                 with self._lock:
                     self._admitted -= 1
@@ -632,6 +669,11 @@ class ParsePool:
         with self._lock:
             return {"workers": self.workers, "busy": self._busy,
                     "queued": self._admitted - self._busy, "capacity": self.capacity}
+
+    def duration_totals(self) -> tuple[float, int]:
+        """Seconds spent in jobs and jobs run, since start."""
+        with self._lock:
+            return self.duration_sum, self.duration_count
 
     def retry_after(self) -> int:
         """Seconds a refused client should wait: the queue ahead of it at the recent pace."""
@@ -737,12 +779,16 @@ class StreamHandle:
     """One served stream: a :class:`Pipeline` iterated in its own thread."""
 
     def __init__(self, sid: str, source: str, config: Config, overrides: dict[str, Any],
-                 jpeg_quality: int) -> None:
+                 jpeg_quality: int, opened: str | None = None,
+                 failure: str | None = None) -> None:
+        """``source`` as the caller named it; ``opened`` what is read (a resolved path);
+        ``failure`` the error text shown for any failure, in place of the real one."""
         self.id = sid
         self.source = source
         self.config = config
         self.overrides = overrides
-        self.pipeline = Pipeline(config, source)
+        self.failure = failure
+        self.pipeline = Pipeline(config, opened or source)
         self.slot = LatestFrame(Renderer(config.render), jpeg_quality, self.pipeline.metrics)
         self.state = "starting"
         self.error: str | None = None
@@ -750,6 +796,7 @@ class StreamHandle:
         self.viewers = 0
         self.first_frame = threading.Event()
         self.size: tuple[int, int] | None = None
+        self.latency_sum_s = 0.0  # capture to published, every frame (the summary's _sum)
         self._stop_requested = False
         self._thread = threading.Thread(target=self._run, name=f"streamer-stream-{sid}",
                                         daemon=True)
@@ -765,13 +812,16 @@ class StreamHandle:
                     self.state = "running"
                     self.first_frame.set()
                 self.pipeline.metrics.add_output(item.frame.capture_time)
+                self.latency_sum_s += time.monotonic() - item.frame.capture_time
                 self.slot.publish(item)
             self.state = "stopped" if self._stop_requested else "finished"
         except StreamerError as exc:
-            self.state, self.error = "failed", str(exc)
+            if self.failure is not None:
+                log.info("stream %s failed: %s", self.id, exc)
+            self.state, self.error = "failed", self.failure or str(exc)
         except Exception as exc:
             log.exception("stream %s failed", self.id)
-            self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            self.state, self.error = "failed", self.failure or f"{type(exc).__name__}: {exc}"
         finally:
             self.slot.close()
             self.first_frame.set()
@@ -848,7 +898,8 @@ class Service:
                 log.error("serve.streams entry %r needs a source", spec)
                 continue
             try:
-                self.add_stream(str(spec["source"]), spec.get("name"), spec.get("config"))
+                self.add_stream(str(spec["source"]), spec.get("name"), spec.get("config"),
+                                trusted=True)
             except (ApiError, ConfigError) as exc:
                 log.error("cannot start configured stream %s: %s",
                           redact_url(str(spec["source"])), exc)
@@ -930,14 +981,16 @@ class Service:
             raise ApiError(404, f"no stream {sid!r}")
         return handle
 
-    def add_stream(self, source: str, name: str | None,
-                   overrides: dict[str, Any] | None) -> StreamHandle:
+    def add_stream(self, source: str, name: str | None, overrides: dict[str, Any] | None,
+                   trusted: bool = False) -> StreamHandle:
+        """Starts a stream. A caller's source (``trusted`` false) is a stream URL or a file
+        below ``serve.media_root``; the server's own configuration may open anything."""
         source = source.strip()
         if not source:
             raise ApiError(400, "source must not be empty")
-        if not self.settings.allow_files and "://" not in source:
-            raise ApiError(400, "this server only opens stream URLs (serve.allow_files is "
-                                "false)")
+        opened, failure = source, None
+        if not trusted:
+            opened, failure = self._confined(source)
         if name is not None and not STREAM_NAME.match(name):
             raise ApiError(400, "name must be 1-40 letters, digits, '-' or '_'")
         try:
@@ -954,10 +1007,39 @@ class Service:
                 raise ApiError(409, f"a stream named {sid!r} exists; delete it first")
             self._forget_old_streams()
             handle = StreamHandle(sid, source, config, dict(overrides or {}),
-                                  self.settings.jpeg_quality)
+                                  self.settings.jpeg_quality, opened=opened, failure=failure)
             self.streams[sid] = handle
         handle.start()
         return handle
+
+    def _confined(self, source: str) -> tuple[str, str | None]:
+        """What to open for a caller's ``source``, and the one text any failure to open a
+        local file gets (``None`` for URLs).
+
+        Missing, unreadable, not a video, or outside the root (symlinks resolved): all get
+        the same answer, so that a caller learns nothing about files it may not read.
+        """
+        root = self.settings.media_root
+        if source.isdigit() or source.startswith("/dev/"):
+            raise ApiError(400, "webcams and devices are opened only from the server's own "
+                                "configuration (serve.streams), not by a request")
+        scheme = urlsplit(source).scheme.lower() if "://" in source else ""
+        if scheme:
+            if scheme not in STREAM_URL_SCHEMES:
+                raise ApiError(400, f"{scheme}:// sources are not opened by this server (send "
+                                    f"{', '.join(sorted(STREAM_URL_SCHEMES))} URLs"
+                                    + (", or a path below serve.media_root)" if root else ")"))
+            return source, None
+        if root is None:
+            raise ApiError(400, "this server opens no local files, only stream URLs (its "
+                                "operator can allow files below a folder with "
+                                "serve.media_root)")
+        failure = f"no readable video at {source!r} below serve.media_root"
+        real = os.path.realpath(os.path.join(root, source))
+        inside = os.path.commonpath([root, real]) == root and real != root
+        if not inside or not os.path.isfile(real) or not os.access(real, os.R_OK):
+            raise ApiError(422, f"cannot start the stream: {failure}")
+        return real, failure
 
     def _forget_old_streams(self) -> None:
         ended = [h for h in self.streams.values() if not h.active]
@@ -1012,6 +1094,21 @@ class Service:
                 text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
                 lines.append(f"{name}{{{text}}} {_num(value)}" if text else f"{name} {_num(value)}")
 
+        def summary(name: str, help_text: str,
+                    rows: list[tuple[dict[str, str], dict[str, float], float, int]]) -> None:
+            """A Prometheus summary: p50/p95 (milliseconds in) as quantiles, _sum, _count."""
+            samples: list[tuple[str, dict[str, str], float]] = []
+            for labels, ms, total, count in rows:
+                samples += [(name, {**labels, "quantile": q}, ms[p] / 1000.0)
+                            for q, p in (("0.5", "p50"), ("0.95", "p95"))]
+                samples += [(f"{name}_sum", labels, total), (f"{name}_count", labels, count)]
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} summary")
+            for sample, labels, value in samples:
+                text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+                lines.append(f"{sample}{{{text}}} {_num(value)}" if text
+                             else f"{sample} {_num(value)}")
+
         handles = list(self.streams.values())
         summaries = {h.id: h.summary() for h in handles}
         per = [({"stream": h.id}, h) for h in handles]
@@ -1024,10 +1121,12 @@ class Service:
                [(lab, h.pipeline.metrics.current_fps()) for lab, h in per])
         metric("streamer_stream_fps_average", "gauge", "Output frames per second since start.",
                [(lab, summaries[h.id]["fps"]) for lab, h in per])
-        metric("streamer_stream_latency_seconds", "gauge",
-               "End-to-end latency (capture to published) quantiles over recent frames.",
-               [({**lab, "quantile": q}, summaries[h.id]["latency_ms"][p] / 1000.0)
-                for lab, h in per for q, p in (("0.5", "p50"), ("0.95", "p95"))])
+        summary(
+            "streamer_stream_latency_seconds",
+            "End-to-end latency (capture to published): quantiles over recent frames, sum and "
+            "count over all.",
+            [(lab, summaries[h.id]["latency_ms"], h.latency_sum_s,
+              summaries[h.id]["frames_written"]) for lab, h in per])
         counters = (("frames_read", "Frames decoded."), ("frames_parsed", "Frames parsed."),
                     ("frames_written", "Frames published to viewers."),
                     ("frames_dropped", "Frames skipped to hold latency."),
@@ -1044,10 +1143,11 @@ class Service:
         metric("streamer_parse_busy", "gauge", "Parses running now.", [({}, pool["busy"])])
         metric("streamer_parse_queued", "gauge", "Parses waiting for a worker.",
                [({}, pool["queued"])])
-        q = percentiles([d * 1000.0 for d in list(self.pool.durations)])
-        metric("streamer_parse_seconds", "gauge", "Parse job duration quantiles (recent).",
-               [({"quantile": "0.5"}, q["p50"] / 1000.0), ({"quantile": "0.95"},
-                                                            q["p95"] / 1000.0)])
+        parse_sum, parse_count = self.pool.duration_totals()
+        summary("streamer_parse_seconds",
+                "Parse job duration: quantiles over recent jobs, sum and count over all.",
+                [({}, percentiles([d * 1000.0 for d in list(self.pool.durations)]), parse_sum,
+                  parse_count)])
         metric("streamer_parse_requests_total", "counter", "POST /api/parse answers by status.",
                [({"code": str(code)}, n) for code, n in sorted(self.responses.items())])
         for key, help_text in (("cache_hits", "Parses answered from the cache."),
@@ -1185,10 +1285,12 @@ class SendBuffer:
 class StreamCreate(BaseModel):
     """Body of POST /api/streams."""
 
-    source: str = Field(description="rtsp://... URL, a video file path, or a webcam index",
+    source: str = Field(min_length=1,
+                        description="rtsp://... URL, a video file path, or a webcam index",
                         examples=["rtsp://127.0.0.1:8554/stream"])
-    name: str | None = Field(default=None, description="stream id (letters, digits, - and _); "
-                             "default: a random one")
+    name: str | None = Field(default=None, pattern=STREAM_NAME.pattern,
+                             description="stream id (letters, digits, - and _); default: a "
+                                         "random one")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="config overrides, as {'detector.every': 3} or {'detector': {'every': 3}}; "
@@ -1267,6 +1369,21 @@ async def read_upload(request: Request, limit: int) -> bytes:
     return data
 
 
+def validation_reason(errors: Sequence[Any]) -> str:
+    """One line from FastAPI's validation errors: ``body.name: String should match ...``.
+
+    Example:
+        >>> validation_reason([{"loc": ("body", "source"), "msg": "Field required"}])
+        'invalid request: body.source: Field required'
+    """
+    parts = []
+    for error in list(errors)[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
 def create_app(service: Service) -> FastAPI:
     """The ASGI app over ``service`` (``app.state.service``)."""
 
@@ -1302,12 +1419,55 @@ def create_app(service: Service) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> Response:
         return _error_response(exc.status, exc.reason, exc.headers)
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug, not a user mistake: the client gets the one error shape instead of a
+        # plain-text 500; Starlette re-raises it afterwards, so uvicorn logs the traceback.
+        return _error_response(500, f"internal error ({type(exc).__name__}); the server log "
+                                    "has the details")
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_left(request: Request, exc: ClientDisconnect) -> Response:
+        # Normal on the web (a closed tab, a lost connection): one line, no traceback; the
+        # answer goes nowhere.
+        client = request.client.host if request.client else "a client"
+        log.info("%s disconnected during %s %s", client, request.method, request.url.path)
+        return _error_response(400, "the client disconnected before the request was read")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        return _error_response(422, validation_reason(exc.errors()))
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error_response(exc.status_code, str(exc.detail),
                                dict(exc.headers) if exc.headers else None)
 
     write = [Depends(require_token)]
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's spec, with its ``{"detail": [...]}`` 422 replaced by the one error shape
+        every answer has (see :func:`validation_reason`)."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                               routes=app.routes)
+            for path in spec.get("paths", {}).values():
+                for operation in path.values():
+                    answer = operation.get("responses", {}).get("422")
+                    if answer is None:
+                        continue
+                    answer["content"] = {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/ErrorOut"}}}
+                    if answer.get("description") == "Validation Error":
+                        answer["description"] = "the request does not match this spec (the " \
+                                                "reason names the field)"
+            schemas = spec.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.post(
         "/api/parse", dependencies=write, tags=["parse"],
@@ -1321,6 +1481,8 @@ def create_app(service: Service) -> FastAPI:
             413: {"model": ErrorOut, "description": "upload over serve.max_upload_mb, or an "
                                                     "image over serve.max_pixels"},
             415: {"model": ErrorOut, "description": "the body is not an image"},
+            422: {"model": ErrorOut, "description": "a side under 8 px or a shape past 20:1, "
+                                                    "or a query parameter out of range"},
             503: {"model": ErrorOut, "description": "all workers busy and the queue full "
                                                     "(see Retry-After), or the model not ready"},
         },
@@ -1333,7 +1495,9 @@ def create_app(service: Service) -> FastAPI:
     )
     async def parse_image(
         request: Request,
-        fmt: Annotated[str, Query(alias="format", description="json, png or labels")] = "json",
+        fmt: Annotated[str, Query(alias="format", description="json, png or labels",
+                                  json_schema_extra={"enum": ["json", "png", "labels"]})
+                       ] = "json",
         boxes: Annotated[bool, Query(description="draw person boxes on the overlay")] = False,
     ) -> Response:
         status = 500
@@ -1361,6 +1525,9 @@ def create_app(service: Service) -> FastAPI:
         except StarletteHTTPException as exc:
             status = exc.status_code
             raise
+        except ClientDisconnect:
+            status = 499  # as nginx counts a client that closed the request
+            raise
         finally:
             service.responses[status] += 1
 
@@ -1384,7 +1551,8 @@ def create_app(service: Service) -> FastAPI:
         summary="Start a stream from a source URL",
         responses={**ERRORS, 202: {"description": "started, no frame yet"},
                    404: {"model": ErrorOut}, 409: {"model": ErrorOut},
-                   422: {"model": ErrorOut, "description": "the source could not be opened"},
+                   422: {"model": ErrorOut, "description": "the source could not be opened, or "
+                                                           "the body does not match this spec"},
                    429: {"model": ErrorOut, "description": "serve.max_streams are running"}},
     )
     async def create_stream(body: StreamCreate) -> JSONResponse:

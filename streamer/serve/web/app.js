@@ -4,6 +4,7 @@
 const $ = (id) => document.getElementById(id);
 let classes = [];           // [{id, name, color}] from /api/classes
 let watching = null;        // id of the stream shown
+let sources = {};           // stream id -> its source, for the menu's labels
 const objectUrls = {};
 
 // ------------------------------------------------------------------ helpers
@@ -36,8 +37,11 @@ function showBlob(img, key, blob) {
   if (objectUrls[key]) URL.revokeObjectURL(objectUrls[key]);
   objectUrls[key] = URL.createObjectURL(blob);
   return new Promise((resolve, reject) => {
-    img.onload = () => resolve();
-    img.onerror = () => reject(new Error(`the ${key} image could not be shown`));
+    img.onload = () => { img.hidden = false; resolve(); };
+    img.onerror = () => {
+      img.hidden = true;
+      reject(new Error(`the ${key} image could not be shown`));
+    };
     img.src = objectUrls[key];
   });
 }
@@ -103,6 +107,7 @@ async function parseFile(file) {
   if (!file) return;
   setStatus("busy", `Parsing ${file.name}…`);
   $("overlay").removeAttribute("src");
+  $("overlay").hidden = true;
   try {
     const shown = showBlob($("original"), "original", file);
     const started = performance.now();
@@ -113,9 +118,14 @@ async function parseFile(file) {
     renderLegend(summary.classes);
     renderPersons(summary.persons);
     const total = Math.round(performance.now() - started);
+    // parse_ms is when the result was computed: for a cache hit (or an upload that joined an
+    // identical one) that was earlier, and it may exceed this request's own time.
+    const how = summary.cache === "miss"
+      ? `parsed in ${summary.parse_ms} ms by ${summary.model} (${summary.engine})`
+      : `${summary.cache === "hit" ? "cache hit" : "shared with an identical upload"} ` +
+        `(${summary.model}, ${summary.engine})`;
     setStatus("done", `${file.name}: ${summary.persons.length} person(s), ` +
-      `${summary.width}×${summary.height}, parsed in ${summary.parse_ms} ms by ` +
-      `${summary.model} (${summary.engine}), cache ${summary.cache}, ${total} ms in all`);
+      `${summary.width}×${summary.height}, ${how}, ${total} ms in all`);
   } catch (e) {
     setStatus("error", e.message);
   }
@@ -130,7 +140,10 @@ function setUpDrop() {
     drop.classList.remove("over");
     parseFile(e.dataTransfer.files[0]);
   });
-  $("file").addEventListener("change", (e) => parseFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    parseFile(e.target.files[0]);
+    e.target.value = "";  // choosing the same file again is a new upload
+  });
 }
 
 // ------------------------------------------------------------------ live
@@ -153,11 +166,17 @@ async function refreshStreams(select) {
   menu.textContent = "";
   menu.append(el("option", { value: "", textContent: streams.length ? "choose a stream" :
     "no streams" }));
+  sources = {};
   for (const s of streams) {
-    menu.append(el("option", { value: s.id, textContent: `${s.id}: ${s.source} (${s.state})` }));
+    sources[s.id] = s.source;
+    menu.append(el("option", { value: s.id, textContent: streamLabel(s.id, s.state) }));
   }
   if (streams.some((s) => s.id === keep)) menu.value = keep;
   watch(menu.value || null);
+}
+
+function streamLabel(id, state) {
+  return `${id}: ${sources[id]} (${state})`;
 }
 
 function watch(id) {
@@ -166,6 +185,9 @@ function watch(id) {
   const view = $("live-view");
   if (id) view.src = `/api/streams/${encodeURIComponent(id)}/mjpeg`;
   else view.removeAttribute("src");
+  view.hidden = !id;
+  $("live-empty").hidden = Boolean(id);
+  $("live-empty").textContent = "Choose a stream to watch it here.";
   pollMetrics();
 }
 
@@ -184,6 +206,9 @@ async function pollMetrics() {
     if (!response.ok) { liveStatus(await errorText(response), true); return; }
     const m = await response.json();
     show("s-state", m.state);
+    // The menu says what the stream is doing now, not what it did when listed.
+    const option = [...$("streams").options].find((o) => o.value === m.stream);
+    if (option && m.stream in sources) option.textContent = streamLabel(m.stream, m.state);
     show("s-fps", m.current_fps.toFixed(1));
     show("s-p50", `${m.latency_ms.p50.toFixed(0)} ms`);
     show("s-p95", `${m.latency_ms.p95.toFixed(0)} ms`);
@@ -231,6 +256,13 @@ function init() {
   $("refresh").addEventListener("click", () => refreshStreams());
   $("stop").addEventListener("click", stopStream);
   $("streams").addEventListener("change", (e) => watch(e.target.value || null));
+  $("live-view").addEventListener("error", () => {
+    // The stream is gone (deleted, or the server restarted): no broken image.
+    if (!watching) return;
+    $("live-view").hidden = true;
+    $("live-empty").hidden = false;
+    $("live-empty").textContent = `stream ${watching} is not available`;
+  });
   loadClasses();
   refreshStreams();
   setInterval(pollMetrics, 1000);
