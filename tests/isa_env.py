@@ -1,10 +1,11 @@
 """Run a check in a child Python process with the CPU's instruction set capped.
 
-oneDNN (inside PyTorch and OpenVINO) honours ``ONEDNN_MAX_CPU_ISA`` and ATen's vectorised
-kernels ``ATEN_CPU_CAPABILITY``; both are read once, when the library loads, so a different ISA
-needs a fresh process. ``ISAS`` names the two paths the tests check on any machine: ``native``
-(whatever this CPU has: AVX-512/AMX on the CI box) and ``avx2`` (what an AVX2-only AMD machine
-runs). Tests parametrise over ``ISAS`` and call ``run_with_isa``.
+oneDNN (inside PyTorch and OpenVINO) honours ``ONEDNN_MAX_CPU_ISA``, ATen's vectorised
+kernels ``ATEN_CPU_CAPABILITY`` and MKL ``MKL_ENABLE_INSTRUCTIONS``; all are read once, when
+the library loads, so a different ISA needs a fresh process. ``ISAS`` names the two paths the
+tests check on any machine: ``native`` (whatever this CPU has: AVX-512/AMX on the CI box) and
+``avx2`` (the kernels an AVX2-only AMD machine runs). Tests parametrise over ``ISAS`` and
+call ``run_with_isa``.
 
 Example:
     >>> run_with_isa("avx2", "import json, torch; "
@@ -23,10 +24,14 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
-ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+            "MKL_ENABLE_INSTRUCTIONS")
+#: MKL (PyTorch's BLAS for fp32 matmuls) has its own switch: without it, its AVX-512 kernels
+#: would still run under the oneDNN and ATen caps.
 ISAS: dict[str, dict[str, str]] = {
     "native": {},
-    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
 }
 
 

@@ -158,6 +158,7 @@ def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_single_model, reference, ca
 BF16_CHILD = """
 import json, logging, sys
 import numpy as np
+from streamer.calibrate import default_candidates
 from streamer.engines import cpu_has_bf16
 from streamer.parser import HumanParser, ParserOptions
 records = []
@@ -167,7 +168,8 @@ logging.getLogger("streamer.engines").addHandler(handler)
 logging.getLogger("streamer.engines").setLevel(logging.WARNING)
 crop = np.kron(np.random.default_rng(0).integers(0, 255, (13, 7, 3), dtype=np.uint8),
                np.ones((16, 16, 1), np.uint8))
-out = {"has_bf16": cpu_has_bf16(), "engines": []}
+out = {"has_bf16": cpu_has_bf16(), "engines": [],
+       "calibrate_tries": [c.precision for c in default_candidates("openvino")]}
 for hint in ("latency", "throughput"):  # two engines: the warning is still logged once
     parser = HumanParser(ParserOptions(model=sys.argv[1], engine="openvino", precision="bf16",
                                        perf_hint=hint, cache_dir=sys.argv[2]))
@@ -192,8 +194,9 @@ def test_bf16_choice_and_warning_in_a_fresh_process(tiny_single_model, cache, is
     """bf16 where the (possibly capped) ISA has it, else fp32 with exactly one warning line.
 
     ``avx2`` caps oneDNN like an AVX2-only machine: OpenVINO still lists BF16 there but cannot
-    compile bf16, so the choice must follow the cap. On a CPU without bf16 both runs take the
-    fp32 branch; on one with it (the CI box) both branches are checked."""
+    compile bf16 ("object is not initialized"), so the choice must follow the cap. On a CPU
+    without bf16 both runs take the fp32 branch; on one with it (the CI box) both branches are
+    checked."""
     got = run_with_isa(isa, BF16_CHILD, str(tiny_single_model), str(cache))
     expected = _native_bf16() if isa == "native" else False
     assert got["has_bf16"] is expected
@@ -206,6 +209,8 @@ def test_bf16_choice_and_warning_in_a_fresh_process(tiny_single_model, cache, is
             assert engine["precision"] == "fp32"
             assert len(engine["hints"]) == 1 and "float32" in engine["hints"][0]
     assert len(got["warnings"]) == (0 if expected else 1), got["warnings"]
+    # streamer.calibrate measures bf16 only where it can run
+    assert ("bf16" in got["calibrate_tries"]) is expected
 
 
 @pytest.mark.parametrize("overrides, key", [
