@@ -373,9 +373,25 @@ def release_pages(blob: mmap.mmap) -> None:
         blob.madvise(mmap.MADV_DONTNEED)
 
 
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``, older name ``DNNL_MAX_CPU_ISA``) without native
+#: bf16. OpenVINO still lists BF16 under them (it reads CPUID), yet with the cap at AVX2 it
+#: cannot compile a bf16 model ("object is not initialized"), so bf16 must fall back to fp32.
+ISA_CAPS_WITHOUT_BF16 = frozenset({
+    "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether OpenVINO reports native bf16 for this CPU (AVX512-BF16 or AMX)."""
+    """Whether OpenVINO reports native bf16 for this CPU (AVX512-BF16 or AMX), and no oneDNN
+    ISA cap in the environment takes it away (read once per process, as oneDNN does).
+
+    Example:
+        >>> cpu_has_bf16()  # Sapphire Rapids; False with ONEDNN_MAX_CPU_ISA=AVX2
+        True
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if cap.strip().upper() in ISA_CAPS_WITHOUT_BF16:
+        return False
     ov = _openvino()
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
