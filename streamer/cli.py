@@ -26,6 +26,7 @@ subcommands:
   run_stream.py serve [--host H --port P]                      web UI and REST API
   run_stream.py batch --source 'videos/*.mp4' --output-dir out/ [--ray ADDRESS]
                                                                many files, or many streams
+  run_stream.py fetch detectors                                get the person detectors now
 
 examples:
   run_stream.py --source clip.mp4 --output parsed.mp4 --model DIR
@@ -41,6 +42,8 @@ section.key=value; see configs/default.yaml for all of them.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from streamer.detect import DETECTOR_TYPES
+
     p = argparse.ArgumentParser(
         prog="run_stream.py",
         description="Parse people (hair, face, clothes, limbs...) in video on a CPU with M2FP "
@@ -60,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="override any config key, e.g. parser.engine=torch")
     p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=("hog", "torchvision", "full"),
-                   help="person detector (detector.type); full parses whole frames")
+    p.add_argument("--detector", choices=DETECTOR_TYPES,
+                   help="person detector (detector.type, default auto: the trained ones, "
+                   "fetched once; see `run_stream.py fetch detectors`); full parses whole "
+                   "frames")
     p.add_argument("--threads", type=int, help="threads for inference (parser.threads; "
                    "0 = all cores)")
     p.add_argument("--parse-every", type=int, metavar="N",
@@ -163,6 +168,7 @@ SUBCOMMANDS = {
     "eval": "streamer.evaluate",
     "serve": "streamer.serve",
     "batch": "streamer.batch",
+    "fetch": "streamer.fetch",
 }
 
 

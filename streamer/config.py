@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from streamer.detect import DetectorOptions
+from streamer.detect import DETECTOR_TYPES, DetectorOptions
 from streamer.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.errors import ConfigError
 from streamer.parser import ParserOptions
@@ -99,7 +99,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "source.transport": ("tcp", "udp"),
     "buffer.policy": ("auto", "wait", "latest"),
-    "detector.type": ("hog", "torchvision", "full"),
+    "detector.type": DETECTOR_TYPES,
     "parser.engine": ENGINES,
     "parser.precision": PRECISIONS,
     "parser.perf_hint": PERF_HINTS,
@@ -120,6 +120,8 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "detector.pad": (0, 2),
     "detector.min_size": (0, None),
     "detector.score_threshold": (0, 1),
+    "detector.input_size": (32, 1536),
+    "detector.threads": (0, 1024),
     "parser.batch_size": (1, 64),
     "parser.threads": (0, 1024),
     "render.alpha": (0, 1),

@@ -74,14 +74,16 @@ class NanoDetDetector:
     BINS = 11  # distance bins per side: 0..10 strides
     PERSON = 0  # COCO's first class
 
-    def __init__(self, model_json: Path, input_size: int = 416, score_threshold: float = 0.35,
-                 nms_iou: float = 0.5, threads: int = 0, letterbox: bool = True) -> None:
+    def __init__(self, model_json: Path, input_size: int = 416, score_threshold: float = 0.3,
+                 nms_iou: float = 0.5, threads: int = 0, letterbox: bool = True,
+                 containment: float = 0.8) -> None:
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, not {input_size}")
         self.input_size = int(input_size)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         self.letterbox = letterbox
+        self.containment = float(containment)
         self.net = compile_model(Path(model_json), [1, 3, self.input_size, self.input_size],
                                  threads)
         cells = {(self.input_size // s) ** 2: s for s in self.STRIDES}
@@ -138,7 +140,7 @@ class NanoDetDetector:
         scores, boxes, sx, sy = self.raw(image)
         keep = scores >= self.score_threshold
         scores, boxes = scores[keep], boxes[keep] / np.array([sx, sy, sx, sy], np.float32)
-        order = nms(boxes, scores, self.nms_iou)
+        order = nms(boxes, scores, self.nms_iou, self.containment)
         return _boxes(boxes[order], scores[order], w, h)
 
 
@@ -219,9 +221,11 @@ class MergedDetector:
         [Box(...), ...]
     """
 
-    def __init__(self, detectors: Sequence[Detector], nms_iou: float = 0.5) -> None:
+    def __init__(self, detectors: Sequence[Detector], nms_iou: float = 0.5,
+                 containment: float = 0.8) -> None:
         self.detectors = list(detectors)
         self.nms_iou = float(nms_iou)
+        self.containment = float(containment)
 
     def detect(self, image: np.ndarray) -> list[Box]:
         pooled = [b for d in self.detectors for b in d.detect(image)]
@@ -229,4 +233,4 @@ class MergedDetector:
             return []
         xyxy = np.array([[b.x0, b.y0, b.x1, b.y1] for b in pooled], np.float64)
         scores = np.array([b.score for b in pooled])
-        return [pooled[i] for i in nms(xyxy, scores, self.nms_iou)]
+        return [pooled[i] for i in nms(xyxy, scores, self.nms_iou, self.containment)]

@@ -310,6 +310,8 @@ def format_table(scores: Scores) -> str:
 
 # ------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    from streamer.detect import DETECTOR_TYPES
+
     p = argparse.ArgumentParser(
         prog="run_stream.py eval",
         description="Parse every image in --images and score it against the label map of the "
@@ -320,9 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
     p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=("hog", "torchvision", "full"),
-                   help="single-person model: find people first (default: the whole image is "
-                   "one person); the multi-person model always parses the whole image")
+    p.add_argument("--detector", choices=DETECTOR_TYPES,
+                   help="single-person model: how people are found (detector.type, default "
+                   "auto; full: the whole image is one person); the multi-person model always "
+                   "parses the whole image")
     p.add_argument("--threads", type=int, help="inference threads (parser.threads)")
     p.add_argument("--config", help="YAML config file (parser and detector sections are used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -368,7 +371,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
 
     parser = HumanParser(config.parser)
     detector = None
-    options = replace(config.detector, type=args.detector or "full")
+    options = replace(config.detector, type=args.detector) if args.detector else config.detector
     if options.type != "full" and parser.single_person:
         from streamer.detect import make_detector
 
