@@ -150,13 +150,22 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     if config.detector.type == "full" or not parser.single_person:
         result = parser.parse(frame.image)
     else:
-        from streamer.detect import PersonFinder
+        from streamer.detect import PersonFinder, make_detector, photo_persons
 
-        persons = PersonFinder(config.detector).find(frame.image, 0)
-        # A photo with no detected person is parsed whole, as one person.
-        result = parser.parse(frame.image, persons or None)
+        detector = make_detector(config.detector, still=True)
+        persons = PersonFinder(config.detector, detector=detector).find(frame.image, 0)
+        h, w = frame.image.shape[:2]
+        # Nobody found: the whole image is one person if it looks like a crop of one.
+        result = parser.parse(frame.image, photo_persons(persons, w, h))
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
+    if config.output.stats_jsonl:
+        from streamer.sinks import JsonlStatsSink
+
+        with JsonlStatsSink(config.output.stats_jsonl) as stats:
+            stats.write({"index": 0, "timestamp": 0.0, "parsed": True,
+                         "persons": [p.to_json() for p in result.persons],
+                         "class_pixels": result.class_pixel_counts()})
     counts = result.class_pixel_counts()
     counts.pop("Background", None)
     classes = ", ".join(f"{name} {pixels}" for name, pixels in counts.items()) or "none"

@@ -77,6 +77,7 @@ class OutputConfig:
     preset: str = "veryfast"
     labels_dir: str | None = None
     labels_format: str = "png"
+    labels_instances: bool = False
     stats_jsonl: str | None = None
     metrics: str | None = None
     progress: bool = True

@@ -341,11 +341,12 @@ def _quote(value: str) -> str:
 def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.ndarray:
     if detector is None or not parser.single_person:
         return parser.parse(image).labels
-    from streamer.detect import PersonFinder
+    from streamer.detect import PersonFinder, photo_persons
 
     # Every image is a scene of its own: a fresh tracker, the detector shared.
     persons = PersonFinder(options, detector=detector).find(image, 0)
-    return parser.parse(image, persons or None).labels
+    h, w = image.shape[:2]
+    return parser.parse(image, photo_persons(persons, w, h)).labels
 
 
 def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
@@ -375,7 +376,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
     if options.type != "full" and parser.single_person:
         from streamer.detect import make_detector
 
-        detector = make_detector(options)
+        detector = make_detector(options, still=True)
     total = Confusion(len(parser.classes))
     per_image = []
     for image_path, label_path in pairs:
