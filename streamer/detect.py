@@ -343,7 +343,7 @@ class FullFrameDetector:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         h, w = image.shape[:2]
-        return [Box(0, 0, int(w), int(h), 1.0)]
+        return [Box(0, 0, int(w), int(h), 1.0)] if h > 0 and w > 0 else []
 
 
 def make_detector(options: DetectorOptions, still: bool = False) -> Detector:

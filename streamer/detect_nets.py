@@ -100,7 +100,7 @@ class NanoDetDetector:
         ys, xs = np.mgrid[0:side, 0:side]
         return np.stack([(xs.ravel() + 0.5) * stride, (ys.ravel() + 0.5) * stride], 1)
 
-    def _canvas(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+    def canvas(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         """The normalised NCHW input and the x, y scale from frame to canvas pixels."""
         h, w = image.shape[:2]
         size = self.input_size
@@ -117,7 +117,7 @@ class NanoDetDetector:
 
     def raw(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Person scores and boxes (canvas pixels) of every cell, and the canvas scale."""
-        blob, sx, sy = self._canvas(image)
+        blob, sx, sy = self.canvas(image)
         self._request.infer({0: blob})
         scores, boxes = [], []
         for stride in self.STRIDES:

@@ -310,7 +310,10 @@ def compile_model(model_json: Path, input_shape: list[int], threads: int = 0) ->
 
     xml = openvino_model(model_json)
     core = ov.Core()
-    cache = detectors_dir() / "compiled"
+    # A blob compiled for one instruction set must not be imported where oneDNN is held to
+    # another (ONEDNN_MAX_CPU_ISA, as the AVX2-only CI machines are tested).
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "native").lower()
+    cache = detectors_dir() / "compiled" / f"{ov.get_version().split('-')[0]}-{isa}"
     cache.mkdir(parents=True, exist_ok=True)
     core.set_property({"CACHE_DIR": str(cache)})
     model = core.read_model(str(xml))
