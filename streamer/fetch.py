@@ -49,7 +49,7 @@ def fetch_detectors(weights: str | None = None, threads: int = 0) -> str:
 
     started = time.perf_counter()
     before = find_models(MODEL_FILES, weights)
-    found = ensure_models(MODEL_FILES, weights, fetch=True)
+    found = ensure_models(MODEL_FILES, weights, fetch=True, force=True)
     missing = [name for name in MODEL_FILES if name not in found]
     if missing:
         from streamer.errors import ModelError

