@@ -121,7 +121,6 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "detector.pad": (0, 2),
     "detector.min_size": (0, None),
     "detector.score_threshold": (0, 1),
-    "detector.input_size": (32, 1536),
     "detector.threads": (0, 1024),
     "parser.batch_size": (1, 64),
     "parser.threads": (0, 1024),

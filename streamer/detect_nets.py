@@ -59,8 +59,9 @@ def _usable(image: np.ndarray) -> bool:
 class NanoDetDetector:
     """NanoDet (COCO) person boxes; see the module docstring for the decoding.
 
-    ``input_size`` is the side of the square canvas (a multiple of 32); a frame is scaled to
-    fit it, keeping its aspect (``letterbox``) or stretched to the square. Boxes scoring under
+    ``input_size`` is the side of the square canvas: 416, which the published graph fixes (its
+    reshapes are constants). A frame is scaled to fit it keeping its aspect (``letterbox``,
+    measured better: docs/detectors.md) or stretched to the square. Boxes scoring under
     ``score_threshold`` are dropped before :func:`nms` at ``nms_iou``.
 
     Example:
@@ -152,13 +153,13 @@ class MoveNetDetector:
     the blob). People scoring under ``score_threshold`` are dropped.
 
     Example:
-        >>> MoveNetDetector(path, score_threshold=0.2).detect(image)
+        >>> MoveNetDetector(path, score_threshold=0.15).detect(image)
         [Box(x0=..., score=0.64)]
     """
 
     KEYPOINTS = 17
 
-    def __init__(self, model_json: Path, long_side: int = 256, score_threshold: float = 0.2,
+    def __init__(self, model_json: Path, long_side: int = 256, score_threshold: float = 0.15,
                  nms_iou: float = 0.5, threads: int = 0) -> None:
         if long_side % 32:
             raise ValueError(f"long_side must be a multiple of 32, not {long_side}")
