@@ -124,12 +124,14 @@ def test_conversion_matches_the_recorded_reference(detector_models):
     np.testing.assert_allclose(poses[strong], expected[strong], rtol=1e-3, atol=0.5)
 
 
-def test_compiled_model_is_cached(detector_models, tmp_path, monkeypatch):
+def test_converted_model_is_cached(detector_models):
     from streamer.detector_models import openvino_model
 
     xml = openvino_model(detector_models["nanodet"])
     assert xml.is_file() and xml.with_suffix(".bin").is_file()
-    assert openvino_model(detector_models["nanodet"]) == xml  # converted once
+    written = xml.stat().st_mtime_ns
+    assert openvino_model(detector_models["nanodet"]) == xml  # converted once, then reused
+    assert xml.stat().st_mtime_ns == written
 
 
 # ----------------------------------------------------------------------------- detectors
