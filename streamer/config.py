@@ -27,7 +27,7 @@ from streamer.core.errors import ConfigError
 from streamer.io.sources import SourceOptions
 from streamer.parsing.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.parsing.parser import ParserOptions
-from streamer.vision.detect import DetectorOptions
+from streamer.vision.detect import DETECTOR_TYPES, DetectorOptions
 from streamer.vision.render import OverlayStyle
 from streamer.vision.temporal import PROPAGATE_METHODS, STABILITY_MODES
 
@@ -78,6 +78,7 @@ class OutputConfig:
     preset: str = "veryfast"
     labels_dir: str | None = None
     labels_format: str = "png"
+    labels_instances: bool = False
     stats_jsonl: str | None = None
     metrics: str | None = None
     progress: bool = True
@@ -100,7 +101,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "source.transport": ("tcp", "udp"),
     "buffer.policy": ("auto", "wait", "latest"),
-    "detector.type": ("hog", "torchvision", "full"),
+    "detector.type": DETECTOR_TYPES,
     "parser.engine": ENGINES,
     "parser.precision": PRECISIONS,
     "parser.perf_hint": PERF_HINTS,
@@ -123,6 +124,7 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "detector.pad": (0, 2),
     "detector.min_size": (0, None),
     "detector.score_threshold": (0, 1),
+    "detector.threads": (0, 1024),
     "parser.batch_size": (1, 64),
     "parser.threads": (0, 1024),
     "render.alpha": (0, 1),

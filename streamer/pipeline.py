@@ -471,7 +471,8 @@ class Pipeline:
                         window = stack.enter_context(WindowSink(f"streamer: {self.uri}"))
                     if cfg.labels_dir:
                         labels = stack.enter_context(
-                            LabelMapSink(cfg.labels_dir, fmt=cfg.labels_format))
+                            LabelMapSink(cfg.labels_dir, fmt=cfg.labels_format,
+                                         instances=cfg.labels_instances))
                     if cfg.stats_jsonl:
                         stats = stack.enter_context(JsonlStatsSink(cfg.stats_jsonl))
                     if show_progress is None:
@@ -495,6 +496,7 @@ class Pipeline:
                     labels.write(
                         result.labels if result is not None
                         else np.zeros(frame.image.shape[:2], np.uint8), frame.index,
+                        result.instances if result is not None else None,
                         name=frame.name)
                 self.metrics.add_stage("encode", time.perf_counter() - started)
                 self.metrics.add_output(frame.capture_time)
@@ -522,7 +524,7 @@ class Pipeline:
             "latency_ms": round(self.metrics.latency[-1], 2) if self.metrics.latency else None,
         }
         if item.result is not None:
-            record["persons"] = len(item.result.persons)
+            record["persons"] = [p.to_json() for p in item.result.persons]
             if item.fresh:
                 record["class_pixels"] = item.result.class_pixel_counts()
         return record

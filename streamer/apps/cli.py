@@ -27,6 +27,7 @@ subcommands:
   run_stream.py serve [--host H --port P]                      web UI and REST API
   run_stream.py batch --source 'videos/*.mp4' --output-dir out/ [--ray ADDRESS]
                                                                many files, or many streams
+  run_stream.py fetch detectors                                get the person detectors now
 
 examples:
   run_stream.py --source clip.mp4 --output parsed.mp4 --model DIR
@@ -42,6 +43,8 @@ section.key=value; see configs/default.yaml for all of them.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from streamer.vision.detect import DETECTOR_TYPES
+
     p = argparse.ArgumentParser(
         prog="run_stream.py",
         description="Parse people (hair, face, clothes, limbs...) in video on a CPU with M2FP "
@@ -61,8 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KEY=VALUE", help="override any config key, e.g. parser.engine=torch")
     p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=("hog", "torchvision", "full"),
-                   help="person detector (detector.type); full parses whole frames")
+    p.add_argument("--detector", choices=DETECTOR_TYPES,
+                   help="person detector (detector.type, default auto: the trained ones, "
+                   "fetched once; see `run_stream.py fetch detectors`); full parses whole "
+                   "frames")
     p.add_argument("--threads", type=int, help="threads for inference (parser.threads; "
                    "0 = all cores)")
     p.add_argument("--parse-every", type=int, metavar="N",
@@ -178,18 +183,28 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     if config.detector.type == "full" or not parser.single_person:
         result = parser.parse(frame.image)
     else:
-        from streamer.vision.detect import PersonFinder
+        from streamer.vision.detect import PersonFinder, make_detector, photo_persons
 
-        persons = PersonFinder(config.detector).find(frame.image, 0)
-        # A photo with no detected person is parsed whole, as one person.
-        result = parser.parse(frame.image, persons or None)
+        detector = make_detector(config.detector, still=True)
+        persons = PersonFinder(config.detector, detector=detector).find(frame.image, 0)
+        h, w = frame.image.shape[:2]
+        # Nobody found: the whole image is one person if it looks like a crop of one.
+        result = parser.parse(frame.image, photo_persons(persons, w, h))
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
     if config.output.labels_dir:
         from streamer.io.sinks import LabelMapSink
 
-        with LabelMapSink(config.output.labels_dir, fmt=config.output.labels_format) as sink:
-            sink.write(result.labels, frame.index, name=frame.name)
+        with LabelMapSink(config.output.labels_dir, fmt=config.output.labels_format,
+                          instances=config.output.labels_instances) as sink:
+            sink.write(result.labels, frame.index, result.instances, name=frame.name)
+    if config.output.stats_jsonl:
+        from streamer.io.sinks import JsonlStatsSink
+
+        with JsonlStatsSink(config.output.stats_jsonl) as stats:
+            stats.write({"index": 0, "timestamp": 0.0, "parsed": True,
+                         "persons": [p.to_json() for p in result.persons],
+                         "class_pixels": result.class_pixel_counts()})
     counts = result.class_pixel_counts()
     counts.pop("Background", None)
     classes = ", ".join(f"{name} {pixels}" for name, pixels in counts.items()) or "none"
@@ -259,6 +274,7 @@ SUBCOMMANDS = {
     "eval": "streamer.apps.evaluate",
     "serve": "streamer.serve.service",
     "batch": "streamer.batch.runner",
+    "fetch": "streamer.apps.fetch",
 }
 
 

@@ -332,6 +332,8 @@ def format_table(scores: Scores) -> str:
 
 # ------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    from streamer.vision.detect import DETECTOR_TYPES
+
     p = argparse.ArgumentParser(
         prog="run_stream.py eval",
         description="Parse every image in --images and score it against the label map of the "
@@ -342,9 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
     p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=("hog", "torchvision", "full"),
-                   help="single-person model: find people first (default: the whole image is "
-                   "one person); the multi-person model always parses the whole image")
+    p.add_argument("--detector", choices=DETECTOR_TYPES,
+                   help="single-person model: how people are found (detector.type, default "
+                   "auto; full: the whole image is one person); the multi-person model always "
+                   "parses the whole image")
     p.add_argument("--threads", type=int, help="inference threads (parser.threads)")
     p.add_argument("--config", help="YAML config file (parser and detector sections are used)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -364,11 +367,12 @@ def _quote(value: str) -> str:
 def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.ndarray:
     if detector is None or not parser.single_person:
         return parser.parse(image).labels
-    from streamer.vision.detect import PersonFinder
+    from streamer.vision.detect import PersonFinder, photo_persons
 
     # Every image is a scene of its own: a fresh tracker, the detector shared.
     persons = PersonFinder(options, detector=detector).find(image, 0)
-    return parser.parse(image, persons or None).labels
+    h, w = image.shape[:2]
+    return parser.parse(image, photo_persons(persons, w, h)).labels
 
 
 def _score_one(parser: Any, detector: Any, options: Any, image_path: Path, label_path: Path,
@@ -422,11 +426,11 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
 
     parser = HumanParser(config.parser)
     detector = None
-    options = replace(config.detector, type=args.detector or "full")
+    options = replace(config.detector, type=args.detector) if args.detector else config.detector
     if options.type != "full" and parser.single_person:
         from streamer.vision.detect import make_detector
 
-        detector = make_detector(options)
+        detector = make_detector(options, still=True)
     total = Confusion(len(parser.classes))
     per_image = []
     with contextlib.ExitStack() as stack:

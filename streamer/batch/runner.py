@@ -710,6 +710,8 @@ def format_table(report: BatchReport) -> str:
 
 # ------------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
+    from streamer.vision.detect import DETECTOR_TYPES
+
     p = argparse.ArgumentParser(
         prog="run_stream.py batch",
         description="Parse many video files (and run several live streams) with one model "
@@ -743,7 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
     p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
                    help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=("hog", "torchvision", "full"),
+    p.add_argument("--detector", choices=DETECTOR_TYPES,
                    help="person detector (detector.type)")
     p.add_argument("--format", default="mp4", choices=OUTPUT_FORMATS,
                    help="output container; mkv keeps what reached the disk when a worker is "

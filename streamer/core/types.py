@@ -134,6 +134,17 @@ class Person:
     score: float
     box: Box
 
+    def to_json(self) -> dict[str, object]:
+        """``{"id", "score", "box": [x0, y0, x1, y1]}``, as the stats JSONL records it.
+
+        Example:
+            >>> Person(1, 0.9, Box(0, 0, 10, 20)).to_json()
+            {'id': 1, 'score': 0.9, 'box': [0, 0, 10, 20]}
+        """
+        b = self.box
+        return {"id": int(self.id), "score": round(float(self.score), 4),
+                "box": [int(b.x0), int(b.y0), int(b.x1), int(b.y1)]}
+
 
 @dataclass
 class ParseResult:

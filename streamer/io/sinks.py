@@ -636,7 +636,9 @@ class LabelMapSink:
     PNGs are 8-bit grey images named by frame index (``000042.png``), or after the source
     image when :meth:`write` is given its ``name`` (``photo_0007.png``); each NPZ holds arrays
     keyed by 6-digit frame index (``labels_000000-000099.npz``). :func:`load_label_maps`
-    reads either back.
+    reads either back. With ``instances``, the person-id map (0 = nobody, else the person's
+    track id, as in the stats JSONL) is written too: ``000042_instances.png`` (16-bit) or
+    ``instances_000000-000099.npz``; ``load_label_maps(folder, instances=True)`` reads it.
 
     Example:
         >>> with LabelMapSink("out/labels", fmt="npz", chunk=50) as sink:
@@ -647,7 +649,8 @@ class LabelMapSink:
 
     FORMATS = ("png", "npz")
 
-    def __init__(self, directory: str | os.PathLike[str], fmt: str = "png", chunk: int = 100):
+    def __init__(self, directory: str | os.PathLike[str], fmt: str = "png", chunk: int = 100,
+                 instances: bool = False):
         if fmt not in self.FORMATS:
             raise SinkError(f"label map format must be png or npz, not {fmt!r}")
         if chunk < 1:
@@ -663,9 +666,11 @@ class LabelMapSink:
                 raise _write_failed(self.directory, exc) from None
         self.fmt = fmt
         self.chunk = chunk
+        self.instances = instances
         self.files_written = 0
         self._pending: dict[str, np.ndarray] = {}
         self._names: set[str] = set()
+        self._pending_instances: dict[str, np.ndarray] = {}
         self._closed = False
 
     @staticmethod
@@ -678,42 +683,57 @@ class LabelMapSink:
             raise ValueError("label ids must lie in 0..255 to be saved as uint8")
         return labels.astype(np.uint8)
 
-    def write(self, labels: np.ndarray, index: int, name: str | None = None) -> None:
-        """Save the label map of frame ``index`` (2-D, ids 0..255); a PNG is named ``name``
-        (the source image's stem, so maps pair with their images) when given."""
+    def write(self, labels: np.ndarray, index: int, instances: np.ndarray | None = None,
+              name: str | None = None) -> None:
+        """Save the label map of frame ``index`` (2-D, ids 0..255), and with ``instances`` on,
+        its person-id map (``None``: nobody, all zeros). A PNG is named ``name`` (the source
+        image's stem, so maps pair with their images) when given."""
         labels = self._as_uint8(labels)
+        ids = None
+        if self.instances:
+            ids = (np.zeros(labels.shape, np.uint16) if instances is None
+                   else np.asarray(instances).astype(np.uint16))
         if self.fmt == "png":
-            import cv2
-
             if name and name in self._names:  # a.jpg and a.png in one folder
                 name = f"{name}_{index:06d}"
             if name:
                 self._names.add(name)
-            path = self.directory / f"{name if name else f'{index:06d}'}.png"
-            try:
-                ok = cv2.imwrite(str(path), labels)
-            except cv2.error as exc:
-                raise _write_failed(path, exc) from None
-            if not ok:
-                raise SinkError(f"cannot write {path}", hint="check free disk space")
-            self.files_written += 1
+            stem = name if name else f"{index:06d}"
+            self._png(self.directory / f"{stem}.png", labels)
+            if ids is not None:
+                self._png(self.directory / f"{stem}_instances.png", ids)
             return
         self._pending[f"{index:06d}"] = labels
+        if ids is not None:
+            self._pending_instances[f"{index:06d}"] = ids
         if len(self._pending) >= self.chunk:
             self._flush()
 
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        keys = sorted(self._pending)
-        path = self.directory / f"labels_{keys[0]}-{keys[-1]}.npz"
+    def _png(self, path: Path, image: np.ndarray) -> None:
+        import cv2
+
         try:
-            np.savez_compressed(path, **self._pending)
-        except OSError as exc:
+            ok = cv2.imwrite(str(path), image)
+        except cv2.error as exc:
             raise _write_failed(path, exc) from None
-        finally:
-            self._pending = {}
+        if not ok:
+            raise SinkError(f"cannot write {path}", hint="check free disk space")
         self.files_written += 1
+
+    def _flush(self) -> None:
+        for prefix, pending in (("labels", self._pending),
+                                ("instances", self._pending_instances)):
+            if not pending:
+                continue
+            keys = sorted(pending)
+            path = self.directory / f"{prefix}_{keys[0]}-{keys[-1]}.npz"
+            try:
+                np.savez_compressed(path, **pending)
+            except OSError as exc:
+                raise _write_failed(path, exc) from None
+            finally:
+                pending.clear()
+            self.files_written += 1
 
     def close(self) -> None:
         """Write the last, partial NPZ chunk."""
@@ -728,8 +748,10 @@ class LabelMapSink:
         self.close()
 
 
-def load_label_maps(directory: str | os.PathLike[str]) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(frame_index, labels)`` from a :class:`LabelMapSink` folder, in index order.
+def load_label_maps(directory: str | os.PathLike[str],
+                    instances: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(frame_index, labels)`` from a :class:`LabelMapSink` folder, in index order
+    (with ``instances``, the person-id maps instead).
 
     Example:
         >>> for index, labels in load_label_maps("out/labels"):
@@ -738,11 +760,13 @@ def load_label_maps(directory: str | os.PathLike[str]) -> Iterator[tuple[int, np
     import cv2
 
     directory = Path(directory)
+    suffix, prefix = ("_instances", "instances") if instances else ("", "labels")
     found: list[tuple[int, Path, str | None]] = []
     for path in directory.glob("*.png"):
-        if path.stem.isdigit():
-            found.append((int(path.stem), path, None))
-    for path in directory.glob("labels_*.npz"):
+        stem = path.stem[:len(path.stem) - len(suffix)] if suffix else path.stem
+        if (not suffix or path.stem.endswith(suffix)) and stem.isdigit():
+            found.append((int(stem), path, None))
+    for path in directory.glob(f"{prefix}_*.npz"):
         with np.load(path) as data:
             found.extend((int(key), path, key) for key in data.files)
     for index, path, key in sorted(found, key=lambda item: item[0]):

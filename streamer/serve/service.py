@@ -128,7 +128,13 @@ from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.parsing.engines import file_digest
 from streamer.parsing.parser import HumanParser, ParserOptions
 from streamer.pipeline import Parsed, Pipeline
-from streamer.vision.detect import Detector, DetectorOptions, PersonFinder, make_detector
+from streamer.vision.detect import (
+    Detector,
+    DetectorOptions,
+    PersonFinder,
+    make_detector,
+    photo_persons,
+)
 from streamer.vision.render import PALETTE, PERSON_ONLY, OverlayStyle, Renderer, class_name
 
 __all__ = [
@@ -552,7 +558,9 @@ class ParseWorker:
         if self.detector is not None:
             # A fresh tracker for every photo: ids restart at 1, nothing carries over.
             finder = PersonFinder(self.detector_options, detector=self.detector)
-            persons = finder.find(image, 0) or None  # nobody found: the whole image is one
+            h, w = image.shape[:2]
+            # Nobody found: the whole image is one person if it looks like a crop of one.
+            persons = photo_persons(finder.find(image, 0), w, h)
         return self.parser.parse(image, persons)
 
 
@@ -611,7 +619,7 @@ class ParsePool:
         parser.warm_up()
         detector = None
         if parser.single_person and self.detector_options.type != "full":
-            detector = make_detector(self.detector_options)
+            detector = make_detector(self.detector_options, still=True)
         worker = ParseWorker(parser, detector, self.detector_options)
         with self._lock:
             if not self.ready.done():

