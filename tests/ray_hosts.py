@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,8 @@ class Host:
     num_cpus: int
     folder: Path
     hide: list[Path] = field(default_factory=list)
+    # Ray's session folder: short, since its socket paths must fit in 107 bytes.
+    ray_dir: Path | None = None
 
     @property
     def modelscope_cache(self) -> Path:
@@ -210,9 +213,11 @@ class RayHosts:
     def _ray_start(self, hosts: list[Host], timeout: float) -> None:
         procs = []
         for host in hosts:
+            if host.ray_dir is None:
+                host.ray_dir = Path(tempfile.mkdtemp(prefix=f"ray-{host.role}-", dir="/tmp"))
             argv = [str(VENV_BIN / "ray"), "start", f"--node-ip-address={host.ip}",
                     f"--num-cpus={host.num_cpus}", f"--object-store-memory={OBJECT_STORE_BYTES}",
-                    f"--temp-dir={host.folder / 'ray'}", "--disable-usage-stats"]
+                    f"--temp-dir={host.ray_dir}", "--disable-usage-stats"]
             if host.role == "head":
                 argv += ["--head", f"--port={RAY_PORT}", "--include-dashboard=false"]
             else:
@@ -288,7 +293,6 @@ class RayHosts:
         """Start the Ray node of a killed worker host again (a new node id) and wait for it."""
         host = self.hosts[role]
         self.kill(role)
-        shutil.rmtree(host.folder / "ray", ignore_errors=True)
         others = [r for r in self.hosts if r != role]
         self.wait_nodes(others, timeout)  # the old node is known dead first
         self._ray_start([host], timeout)
@@ -304,5 +308,8 @@ class RayHosts:
                 errors.append(str(exc))
             _ip("netns", "del", name, check=False)
         self._made.clear()
+        for host in self.hosts.values():
+            if host.ray_dir is not None:
+                shutil.rmtree(host.ray_dir, ignore_errors=True)
         if errors:
             raise RuntimeError("; ".join(errors))
