@@ -708,8 +708,7 @@ class RayCluster:
         marker = folder / f".streamer-check-{os.getpid()}-{time.monotonic_ns()}"
         marker.write_text("written by the batch's driver to check that every node sees this "
                           "folder\n")
-        nodes = [n for n in ray.nodes()
-                 if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+        nodes = self._worker_nodes()
         task = ray.remote(check_host)
         refs = {}
         try:
@@ -741,22 +740,51 @@ class RayCluster:
         self.check_hosts(jobs, str(parser_options.model))
         self._plan_cpus = plan.cpus
         remote = self.ray.remote(RayParseWorker)
-        common = {"num_cpus": plan.cpus, "max_concurrency": 2, "max_task_retries": 0,
-                  "scheduling_strategy": "SPREAD"}
+        common = {"num_cpus": plan.cpus, "max_concurrency": 2, "max_task_retries": 0}
+        place = self._spreader(plan.cpus)
         for i in range(plan.workers):
-            actor = remote.options(**common, max_restarts=FILE_WORKER_RESTARTS).remote(
+            actor = remote.options(**common, max_restarts=FILE_WORKER_RESTARTS,
+                                   scheduling_strategy=place()).remote(
                 parser_options, plan.threads)
             self._slots.append(_Slot(actor, f"worker-{i}"))
         for job in jobs:
             if job.live:
                 # Each death of a stream's actor is one of the stream's retries.
-                actor = remote.options(**common, max_restarts=plan.retries).remote(
+                actor = remote.options(**common, max_restarts=plan.retries,
+                                       scheduling_strategy=place()).remote(
                     parser_options, plan.threads)
                 self._slots.append(_Slot(actor, f"stream-{job.label}", dedicated_to=job.key))
         for slot in self._slots:
             self._probe(slot)
         self._started = time.monotonic()
         self._warned_pending = False
+
+    def _worker_nodes(self) -> list[dict[str, Any]]:
+        """Alive nodes with CPUs for workers, by address."""
+        nodes = [n for n in self.ray.nodes()
+                 if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+        return sorted(nodes, key=lambda n: (n["NodeManagerAddress"], n["NodeID"]))
+
+    def _spreader(self, cpus: float) -> Any:
+        """Where each next actor goes: the node with the most CPUs not yet given out.
+
+        Ray's own ``SPREAD`` is best effort (each raylet a request passes through re-picks
+        with its own round robin): two actors on two free nodes were seen to land on one.
+        So the actors are spread here, each pinned softly to its node: an actor restarted
+        after its node died is placed wherever Ray finds room.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        free = {n["NodeID"]: float(n["Resources"]["CPU"]) for n in self._worker_nodes()}
+
+        def place() -> Any:
+            if not free:
+                return "SPREAD"
+            node = max(free, key=lambda n: free[n])  # the first of the freest, by address
+            free[node] -= cpus
+            return NodeAffinitySchedulingStrategy(node, soft=True)
+
+        return place
 
     def _probe(self, slot: _Slot) -> None:
         slot.probe = slot.actor.ready.remote()

@@ -110,9 +110,9 @@ def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | No
         time.sleep(0.1)
 
 
-def running_job(cluster: RayHosts, role: str) -> bool:
-    """Whether a batch worker on ``role`` is inside ``run`` (Ray's process title says so)."""
-    return any("ParseWorker.run" in t for t in cluster.process_titles(role))
+def has_worker(cluster: RayHosts, role: str) -> bool:
+    """Whether a batch worker (a ``RayParseWorker`` actor process) lives on host ``role``."""
+    return any(t.startswith("ray::RayParseWorker") for t in cluster.process_titles(role))
 
 
 # ------------------------------------------------------------------------ placement
@@ -160,7 +160,7 @@ def test_worker_host_lost_mid_batch_costs_only_its_jobs_retries(cluster: RayHost
     inputs = folder / "in"
     inputs.mkdir(parents=True)
     # Long enough that the host dies mid-file even on a fast machine.
-    clips = [make_clip(inputs / f"long{i}.mp4", frames=60, size=(128, 96)) for i in range(3)]
+    clips = [make_clip(inputs / f"long{i}.mp4", frames=60, size=(128, 96)) for i in range(2)]
     out, report = folder / "out", folder / "report.json"
     lost_ip, kept_ip = cluster.hosts["w2"].ip, cluster.hosts["w1"].ip
     lost_node = cluster.node_ids["w2"]
@@ -170,7 +170,10 @@ def test_worker_host_lost_mid_batch_costs_only_its_jobs_retries(cluster: RayHost
                                              report=report),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        wait_until(lambda: running_job(cluster, "w2"), 150, "a job on w2", proc)
+        # Two workers, one per host, each writing its file: w2 is mid-file.
+        wait_until(lambda: has_worker(cluster, "w2") and len(list(out.glob("*.partial.mp4")))
+                   >= 2, 150, "both workers writing", proc)
+        assert has_worker(cluster, "w1")
         time.sleep(0.5)
         cluster.kill("w2")  # raylet, workers, agents: the whole host
         stdout, stderr = proc.communicate(timeout=180)
@@ -224,7 +227,8 @@ def test_streams_run_on_worker_hosts_and_a_lost_one_restarts_elsewhere(cluster: 
             for i, s in enumerate(servers, 1)))
         proc = cluster.popen("head", *batch_argv("--config", config, "--output-dir", out,
                                                  "--ray", cluster.address, "--format", "mkv",
-                                                 "--retries", "2", report=report),
+                                                 "--retries", "2", "--threads", "1",
+                                                 report=report),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             def recording(path: Path) -> bool:
@@ -232,7 +236,7 @@ def test_streams_run_on_worker_hosts_and_a_lost_one_restarts_elsewhere(cluster: 
 
             wait_until(lambda: all(recording(out / f"cam{i}.mkv") for i in (1, 2)), 150,
                        "both streams recording", proc)
-            assert running_job(cluster, "w1") and running_job(cluster, "w2")
+            assert has_worker(cluster, "w1") and has_worker(cluster, "w2")
             cluster.kill("w2")
             wait_until(lambda: any(recording(p) for p in out.glob("cam?.restart1.mkv")), 150,
                        "the lost stream recording again", proc)
