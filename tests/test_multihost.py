@@ -252,7 +252,7 @@ def test_streams_run_on_worker_hosts_and_a_lost_one_restarts_elsewhere(cluster: 
     assert proc.returncode == 130, stdout + stderr
     rows = rows_by_name(report)
     w1, w2 = cluster.hosts["w1"].ip, cluster.hosts["w2"].ip
-    # SPREAD put the two streams on the two worker hosts.
+    # Spread over the two worker hosts, one stream each.
     assert {rows[f"cam{i}"]["history"][0]["node_ip"] for i in (1, 2)} == {w1, w2}, rows
     lost = next(r for r in rows.values() if r["history"][0]["node_ip"] == w2)
     kept = next(r for r in rows.values() if r["history"][0]["node_ip"] == w1)
