@@ -282,18 +282,24 @@ class RtspServer:
         port: int = 0,
         mount: str = "/stream",
         startup_timeout: float = 15.0,
+        address: str = "127.0.0.1",
+        prefix: list[str] | None = None,
     ) -> None:
         self.clip = Path(clip)
         self.loop = loop
         self.port = port
         self.mount = mount
         self.startup_timeout = startup_timeout
+        # ``prefix`` runs the server elsewhere, e.g. ``["ip", "netns", "exec", NS]`` with an
+        # ``address`` inside that namespace (its port is then not checked from here).
+        self.address = address
+        self.prefix = list(prefix or [])
         self._proc: subprocess.Popen[str] | None = None
 
     @property
     def url(self) -> str:
         """``rtsp://127.0.0.1:PORT/stream``; valid once started."""
-        return f"rtsp://127.0.0.1:{self.port}{self.mount}"
+        return f"rtsp://{self.address}:{self.port}{self.mount}"
 
     @property
     def running(self) -> bool:
@@ -304,7 +310,8 @@ class RtspServer:
         """Start the server and return once its port accepts connections."""
         if self.running:
             return self
-        cmd = [SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.clip), "--port", str(self.port)]
+        cmd = [*self.prefix, SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.clip),
+               "--port", str(self.port), "--address", self.address]
         cmd += ["--mount", self.mount] + (["--loop"] if self.loop else [])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         self._proc = subprocess.Popen(
@@ -312,7 +319,8 @@ class RtspServer:
         )
         port = self._read_port()
         self.port = port
-        wait_for_port(port, timeout=self.startup_timeout)
+        if not self.prefix:  # it prints PORT once listening; this checks from outside too
+            wait_for_port(port, timeout=self.startup_timeout, host=self.address)
         return self
 
     def _read_port(self) -> int:

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("clip", help="an H.264 MP4 file to serve as-is")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on (tests "
+                        "use 127.0.0.1, or an address inside a network namespace they made)")
     parser.add_argument("--mount", default="/stream", help="path part of the URL")
     parser.add_argument("--loop", action="store_true", help="play the file forever")
     args = parser.parse_args(argv)
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Gst.init(None)
     server = GstRtspServer.RTSPServer()
-    server.set_address("127.0.0.1")
+    server.set_address(args.address)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     location = args.clip.replace("\\", "\\\\").replace('"', '\\"')
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         factory.connect("media-configure", lambda _f, media: _make_looping(media))
     server.get_mount_points().add_factory(args.mount, factory)
     if server.attach(None) == 0:
-        print(f"rtsp_server: cannot listen on 127.0.0.1:{args.port}", file=sys.stderr)
+        print(f"rtsp_server: cannot listen on {args.address}:{args.port}", file=sys.stderr)
         return 1
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -57,6 +57,7 @@ from typing import Any, TextIO
 
 from streamer.batch.workers import (
     ClusterError,
+    HostCheckError,
     Job,
     JobResult,
     LocalPool,
@@ -339,7 +340,7 @@ def plan_workers(cpus: int, files: int, streams: int, *, workers: int | None = N
 class BatchSettings:
     """How a batch runs. ``ray``: ``None`` for the local pool, else an address for ``ray.init``
     (``""`` joins ``RAY_ADDRESS`` or this machine's cluster, else starts one; ``auto``,
-    ``local``, ``HOST:PORT``, ``ray://HOST:PORT``)."""
+    ``local``, ``HOST:PORT``; ``ray://`` is refused)."""
 
     workers: int | None = None
     threads: int | None = None
@@ -351,13 +352,18 @@ class BatchSettings:
 
 @dataclass
 class FileRow:
-    """The final state of one input, as the table shows it."""
+    """The final state of one input, as the table shows it, and every attempt at it.
+
+    ``history`` holds one :class:`JobResult` per finished attempt, in order: on Ray each says
+    on which node it ran (``node_id``, ``node_ip``) and whether its worker died there.
+    """
 
     job: Job
     status: str = "not run"
     attempts: int = 0
     result: JobResult | None = None
     errors: list[str] = field(default_factory=list)
+    history: list[JobResult] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         r = self.result
@@ -371,6 +377,12 @@ class FileRow:
             "error": self.errors[-1] if self.errors and self.status != "ok" else None,
             "errors": self.errors, "warning": r.warning if r else None,
             "restarts": [str(p) for p in self._restart_outputs()],
+            "node_id": r.node_id if r else None, "node_ip": r.node_ip if r else None,
+            "history": [{
+                "attempt": h.attempt, "status": h.status, "node_id": h.node_id,
+                "node_ip": h.node_ip, "worker": h.worker or None, "died": h.died,
+                "frames": h.frames, "seconds": h.seconds, "output": h.output,
+                "error": h.error} for h in self.history],
         }
 
     def _restart_outputs(self) -> list[Path]:
@@ -600,9 +612,9 @@ class BatchRunner:
             self.settings.progress)
         fatal: str | None = None
         where = self.backend.describe()
-        if pending:
-            self.backend.start(plan, self.base.parser, self.jobs)
         try:
+            if pending:
+                self.backend.start(plan, self.base.parser, self.jobs)
             fatal = self._loop(pending)
         finally:
             self.progress.close()
@@ -628,6 +640,7 @@ class BatchRunner:
                 job, result = outcome.job, outcome.result
                 row = self.rows[job.key]
                 row.result = result
+                row.history.append(result)
                 if result.status == "ok" or result.status == "stopped":
                     row.status = result.status
                     progress.finish(row, final=True)
@@ -731,7 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(created if missing)")
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run on Ray: auto (a cluster started with `ray start`), local (a "
-                   "private one on this machine), HOST:PORT or ray://HOST:PORT; alone: "
+                   "private one on this machine) or HOST:PORT (not ray://: run on a node of "
+                   "the cluster); alone: "
                    "RAY_ADDRESS or this machine's cluster, else a private one")
     p.add_argument("--workers", type=int, help="file workers (default: one per core, at most "
                    "one per file; live streams get one each on top)")
@@ -817,17 +831,28 @@ def main(argv: list[str] | None = None) -> int:
         jobs, base = plan_batch(args.sources, out_dir, config_path=args.config,
                                 overrides=_overrides(args), fmt=args.format)
         _check_output_dir(out_dir)
-        from streamer.m2fp.checkpoint import resolve_model_dir
+        from streamer.m2fp.checkpoint import is_model_id, resolve_model_dir
 
-        # Here, once: a wrong --model fails in a second, and a ModelScope id is downloaded
-        # once rather than by every worker at the same time.
-        resolve_model_dir(base.parser.model)
+        model = str(base.parser.model)
+        if not is_model_id(model):  # a worker's working folder is not ours (Ray's own)
+            model = os.path.abspath(os.path.expanduser(model))
+            base = dataclasses.replace(base, parser=dataclasses.replace(base.parser,
+                                                                        model=model))
+        if settings.ray in (None, "local"):
+            # Here, once: a wrong --model fails in a second, and a ModelScope id is
+            # downloaded once rather than by every worker at the same time. On a cluster
+            # each node checks (and caches) the model itself before any work starts.
+            resolve_model_dir(model)
         runner = BatchRunner(jobs, base, settings)
         signals.runner = runner
         signals.install()  # again: ray.init installs its own SIGTERM handler, which aborts
         if signals.code is not None:
             runner.stop(signals.code - 128)
         report = runner.run()
+    except HostCheckError as exc:  # one line per node and kind of problem
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -79,6 +79,18 @@ class Job:
     stats_jsonl: Path | None = None
     driver_host: str = field(default_factory=socket.gethostname)
 
+    def partial_paths(self, attempt: int) -> tuple[Path, Path]:
+        """Where attempt ``attempt`` at a file writes before renaming to :meth:`paths`.
+
+        ``NAME.partial.mp4`` for the first attempt, ``NAME.partial2.mp4`` for the second...:
+        a worker cut off from the cluster (not dead) may still be writing its attempt while
+        another node retries the job, so no two attempts share a file.
+        """
+        video, metrics = self.paths(attempt)
+        tag = ".partial" if attempt <= 1 else f".partial{attempt}"
+        return (video.with_name(video.stem + tag + video.suffix),
+                metrics.with_name(metrics.name.replace(".json", f"{tag}.json")))
+
     def paths(self, attempt: int) -> tuple[Path, Path]:
         """The video and metrics paths an attempt writes to."""
         if not self.live or attempt <= 1:
@@ -111,20 +123,31 @@ class JobResult:
     summary: dict[str, Any] | None = None
     fatal: bool = False
     cpu_seconds: float = 0.0  # CPU time of the worker process (all its threads) in the job
+    # Where the attempt ran (Ray only): the node's id and address. ``died``: the worker (or
+    # its whole node) was lost during the attempt, as opposed to the job itself failing.
+    node_id: str | None = None
+    node_ip: str | None = None
+    died: bool = False
 
 
 @dataclass
 class WorkerInfo:
-    """What a worker reports once it is up: where it runs and whether the model loaded."""
+    """What a worker reports once it is up: where it runs and whether the model loaded.
+
+    On Ray, ``node_id`` and ``node_ip`` name the worker's node; machines (or network
+    namespaces) may share a host name, so the name is then ``node_ip:pid``.
+    """
 
     host: str
     pid: int
     threads: int
     error: str | None = None
+    node_id: str | None = None
+    node_ip: str | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.host}:{self.pid}"
+        return f"{self.node_ip or self.host}:{self.pid}"
 
 
 @dataclass
@@ -230,16 +253,15 @@ class ParseWorker:
 
         started, cpu_started = time.monotonic(), time.process_time()
         result = JobResult(job.key, attempt, "failed", worker=self.info.name,
-                           threads=torch.get_num_threads())
+                           threads=torch.get_num_threads(), node_id=self.info.node_id,
+                           node_ip=self.info.node_ip)
         if self.info.error is not None:
             result.error, result.fatal = self.info.error, True
             return result
         video, metrics = job.paths(attempt)
         # A file is written under a temporary name and renamed when complete, so a video that
         # exists under its final name is always a finished one (--skip-existing relies on it).
-        write_video = video if job.live else video.with_name(video.stem + ".partial" + video.suffix)
-        write_metrics = metrics if job.live else metrics.with_name(
-            metrics.name.replace(".json", ".partial.json"))
+        write_video, write_metrics = (video, metrics) if job.live else job.partial_paths(attempt)
         try:
             self._check_input(job)
             video.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +295,12 @@ class ParseWorker:
             except OSError as exc:
                 result.status = "failed"
                 result.error = f"cannot rename {write_video.name} to {video.name} ({exc})"
+            else:
+                # What an earlier attempt left when its worker (or node) was killed.
+                for earlier in range(1, attempt):
+                    for path in job.partial_paths(earlier):
+                        with contextlib.suppress(OSError):
+                            path.unlink()
         if not job.live and result.status == "failed":
             for path in (write_video, write_metrics):
                 with contextlib.suppress(OSError):
@@ -302,11 +330,11 @@ class ParseWorker:
     def _check_input(self, job: Job) -> None:
         if job.live or "://" in job.source or Path(job.source).exists():
             return
-        if self.info.host != job.driver_host:
+        if self.info.node_ip is not None or self.info.host != job.driver_host:
             from streamer.core.errors import SourceError
 
             raise SourceError(
-                f"{job.source} not found on worker node {self.info.host}",
+                f"{job.source} not found on worker node {self.info.node_ip or self.info.host}",
                 hint="batch workers read inputs and write outputs by path: put them on "
                      "storage that every node mounts at the same path")
 
@@ -487,6 +515,102 @@ class ClusterError(StreamerError):
     """The Ray cluster cannot be reached or used."""
 
 
+class HostCheckError(ConfigError):
+    """Nodes of the cluster cannot see what the batch needs; ``problems``: one line each.
+
+    Example:
+        >>> err.problems
+        ['host 10.0.0.7 cannot see input /data/a.mp4; ...']
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems[0] + (f" (and {len(problems) - 1} more problem(s))"
+                                        if len(problems) > 1 else ""))
+        self.problems = problems
+
+
+RAY_CLIENT_REFUSED = (
+    "--ray ray://... (Ray Client) is not supported: the batch's driver must run on a node of "
+    "the cluster")
+RAY_CLIENT_HINT = ("run the same command on the head node (or any node) with --ray HEAD_IP:6379, "
+                   "or --ray auto there")
+SHARED_STORAGE_HINT = ("every node reads inputs and writes outputs by path: mount them at the "
+                       "same path on every node")
+
+
+@dataclass
+class HostNeeds:
+    """What every node that may run a worker must see, as the driver sees it.
+
+    ``inputs``: (path, size in bytes) of each input file; ``folder``: the batch's output
+    folder and ``marker``, the name of a file the driver wrote there (so a node with a folder
+    of the same name on its own disk is caught too); ``model``: an absolute model directory
+    or a ModelScope id, which the node resolves into its own cache (``MODELSCOPE_CACHE``).
+
+    Example:
+        >>> check_host(HostNeeds([("/data/a.mp4", 1234)], "/out", ".check", "/models/m"))
+        []
+    """
+
+    inputs: list[tuple[str, int]]
+    folder: str
+    marker: str
+    model: str
+
+
+def _more(items: list[str], what: str) -> str:
+    return f" (and {len(items) - 1} more {what})" if len(items) > 1 else ""
+
+
+def check_host(needs: HostNeeds, host: str) -> list[str]:
+    """Runs on one node: one line per kind of thing that node cannot see (none: ``[]``).
+
+    Fast and light: it stats paths and imports torch only to resolve a ModelScope id.
+    """
+    problems: list[str] = []
+    missing = [path for path, size in needs.inputs
+               if not (os.path.isfile(path) and os.access(path, os.R_OK))]
+    if missing:
+        problems.append(f"host {host} cannot see input {missing[0]}{_more(missing, 'inputs')}"
+                        f"; {SHARED_STORAGE_HINT}")
+    different = [path for path, size in needs.inputs
+                 if path not in missing and os.path.getsize(path) != size]
+    if different:
+        problems.append(f"host {host} sees a different file at {different[0]} (not the size "
+                        f"the driver sees){_more(different, 'inputs')}; {SHARED_STORAGE_HINT}")
+    folder = Path(needs.folder)
+    if not (folder / needs.marker).is_file():
+        what = "a different folder at" if folder.is_dir() else "the output folder"
+        problems.append(f"host {host} cannot see {what} {folder}; {SHARED_STORAGE_HINT}")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        problems.append(f"host {host} cannot write in the output folder {folder}; make it "
+                        "writable for the user Ray runs as on every node")
+    if needs.model.startswith("/"):
+        model = Path(needs.model)
+        if not (model / "configuration.json").is_file():
+            problems.append(f"host {host} cannot see the model {model}; {SHARED_STORAGE_HINT}, "
+                            "or give --model as a ModelScope id (each node caches it)")
+    else:
+        from streamer.m2fp.checkpoint import resolve_model_dir
+
+        try:
+            resolve_model_dir(needs.model)
+        except StreamerError as exc:
+            problems.append(f"host {host}: {exc}")
+    return problems
+
+
+class RayParseWorker(ParseWorker):
+    """A :class:`ParseWorker` as a Ray actor: it also knows its node (id and address)."""
+
+    def __init__(self, parser_options: Any, threads: int) -> None:
+        super().__init__(parser_options, threads)
+        import ray
+
+        self.info.node_id = ray.get_runtime_context().get_node_id()
+        self.info.node_ip = ray.util.get_node_ip_address()
+
+
 @dataclass
 class _Slot:
     """One Ray actor and what it is doing: starting (probe pending), idle, busy or dead."""
@@ -500,6 +624,7 @@ class _Slot:
     info: WorkerInfo | None = None
     dead: bool = False
     last_error: str | None = None
+    ran_on: WorkerInfo | None = None  # the incarnation the current job was handed to
 
     @property
     def idle(self) -> bool:
@@ -512,7 +637,8 @@ class RayCluster:
     ``address`` is what ``ray.init`` takes: ``None`` joins the cluster named by
     ``RAY_ADDRESS`` or started on this machine by ``ray start``, or starts a private one;
     ``"auto"`` joins an existing cluster only; ``"local"`` always starts a private one;
-    ``"HOST:PORT"`` or ``"ray://HOST:10001"`` joins that cluster. If Ray is already
+    ``"HOST:PORT"`` joins that cluster (``ray://`` Ray Client addresses are refused with one
+    line: the driver must run on a node of the cluster). If Ray is already
     initialised in this process (tests, notebooks) that connection is used and left open.
 
     Example:
@@ -524,6 +650,9 @@ class RayCluster:
     kind = "ray"
 
     def __init__(self, address: str | None = None) -> None:
+        given = address or ("" if address == "local" else os.environ.get("RAY_ADDRESS", ""))
+        if given.strip().lower().startswith("ray://"):
+            raise ConfigError(RAY_CLIENT_REFUSED, hint=RAY_CLIENT_HINT)
         ray = import_ray()
         self.ray = ray
         self.owned = False
@@ -563,26 +692,99 @@ class RayCluster:
                                f"({self.ray.get_runtime_context().gcs_address})")
         return self._described
 
+    def check_hosts(self, jobs: list[Job], model: str, timeout: float = 180.0) -> None:
+        """Ask every node that can run a worker whether it sees the inputs, the output
+        folder and the model; raise :class:`HostCheckError` (one line per problem) if not.
+
+        Runs one zero-CPU task pinned to each such node, before any worker starts.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        ray = self.ray
+        inputs = sorted({(j.source, os.path.getsize(j.source)) for j in jobs
+                         if _is_local_file(j.source) and os.path.isfile(j.source)})
+        folder = Path(os.path.commonpath([str(j.output.parent) for j in jobs]))
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f".streamer-check-{os.getpid()}-{time.monotonic_ns()}"
+        marker.write_text("written by the batch's driver to check that every node sees this "
+                          "folder\n")
+        nodes = self._worker_nodes()
+        task = ray.remote(check_host)
+        refs = {}
+        try:
+            needs = HostNeeds(inputs, str(folder), marker.name, model)
+            for node in nodes:
+                strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                ref = task.options(num_cpus=0, scheduling_strategy=strategy,
+                                   max_retries=0).remote(needs, node["NodeManagerAddress"])
+                refs[ref] = node
+            ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            problems: list[str] = []
+            for ref in ready:
+                try:
+                    problems += ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    log.warning("host %s did not answer the check (%s)",
+                                refs[ref]["NodeManagerAddress"], _ray_reason(exc))
+            for ref in late:
+                log.warning("host %s did not answer the check within %.0f s",
+                            refs[ref]["NodeManagerAddress"], timeout)
+        finally:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+        if problems:
+            raise HostCheckError(problems)
+
     def start(self, plan: WorkerPlan, parser_options: Any, jobs: list[Job]) -> None:
         self.describe()  # while connected: close() may shut Ray down
+        self.check_hosts(jobs, str(parser_options.model))
         self._plan_cpus = plan.cpus
-        remote = self.ray.remote(ParseWorker)
-        common = {"num_cpus": plan.cpus, "max_concurrency": 2, "max_task_retries": 0,
-                  "scheduling_strategy": "SPREAD"}
+        remote = self.ray.remote(RayParseWorker)
+        common = {"num_cpus": plan.cpus, "max_concurrency": 2, "max_task_retries": 0}
+        place = self._spreader(plan.cpus)
         for i in range(plan.workers):
-            actor = remote.options(**common, max_restarts=FILE_WORKER_RESTARTS).remote(
+            actor = remote.options(**common, max_restarts=FILE_WORKER_RESTARTS,
+                                   scheduling_strategy=place()).remote(
                 parser_options, plan.threads)
             self._slots.append(_Slot(actor, f"worker-{i}"))
         for job in jobs:
             if job.live:
                 # Each death of a stream's actor is one of the stream's retries.
-                actor = remote.options(**common, max_restarts=plan.retries).remote(
+                actor = remote.options(**common, max_restarts=plan.retries,
+                                       scheduling_strategy=place()).remote(
                     parser_options, plan.threads)
                 self._slots.append(_Slot(actor, f"stream-{job.label}", dedicated_to=job.key))
         for slot in self._slots:
             self._probe(slot)
         self._started = time.monotonic()
         self._warned_pending = False
+
+    def _worker_nodes(self) -> list[dict[str, Any]]:
+        """Alive nodes with CPUs for workers, by address."""
+        nodes = [n for n in self.ray.nodes()
+                 if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+        return sorted(nodes, key=lambda n: (n["NodeManagerAddress"], n["NodeID"]))
+
+    def _spreader(self, cpus: float) -> Any:
+        """Where each next actor goes: the node with the most CPUs not yet given out.
+
+        Ray's own ``SPREAD`` is best effort (each raylet a request passes through re-picks
+        with its own round robin): two actors on two free nodes were seen to land on one.
+        So the actors are spread here, each pinned softly to its node: an actor restarted
+        after its node died is placed wherever Ray finds room.
+        """
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        free = {n["NodeID"]: float(n["Resources"]["CPU"]) for n in self._worker_nodes()}
+
+        def place() -> Any:
+            if not free:
+                return "SPREAD"
+            node = max(free, key=lambda n: free[n])  # the first of the freest, by address
+            free[node] -= cpus
+            return NodeAffinitySchedulingStrategy(node, soft=True)
+
+        return place
 
     def _probe(self, slot: _Slot) -> None:
         slot.probe = slot.actor.ready.remote()
@@ -608,7 +810,7 @@ class RayCluster:
     def try_submit(self, job: Job, attempt: int) -> bool:
         for slot in self._slots:
             if slot.idle and slot.dedicated_to == (job.key if job.live else None):
-                slot.job = (job, attempt)
+                slot.job, slot.ran_on = (job, attempt), slot.info
                 slot.ref = slot.actor.run.remote(job, attempt)
                 self._by_ref[slot.ref] = slot
                 return True
@@ -670,9 +872,13 @@ class RayCluster:
         try:
             result: JobResult = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
+            where = slot.ran_on
+            lost = f" on {where.node_ip}" if where and where.node_ip else ""
             result = JobResult(job.key, attempt, "failed",
-                               error=f"worker died ({_ray_reason(exc)})",
-                               worker=slot.info.name if slot.info else slot.name)
+                               error=f"worker died{lost} ({_ray_reason(exc)})",
+                               worker=where.name if where else slot.name, died=True,
+                               node_id=where.node_id if where else None,
+                               node_ip=where.node_ip if where else None)
             self._probe(slot)  # answers once Ray has restarted it, or says it is gone
         except ray.exceptions.RayError as exc:
             result = JobResult(job.key, attempt, "failed",
@@ -714,13 +920,17 @@ class RayCluster:
             self.ray.shutdown()
 
 
+def _is_local_file(source: str) -> bool:
+    return "://" not in source and not source.isdigit() and not source.startswith("/dev/video")
+
+
 def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
     """Fail fast on a HOST:PORT nobody listens on (``ray.init`` would retry for minutes)."""
     if not address or address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"--ray expects HOST:PORT, ray://HOST:PORT, auto or local, "
+        raise ConfigError(f"--ray expects HOST:PORT, auto or local, "
                           f"not {address!r}")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
