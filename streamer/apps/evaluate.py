@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from streamer.core.errors import ConfigError, SourceError, StreamerError
+from streamer.core.labels import IMAGE_SUFFIXES
 
 __all__ = [
     "IGNORE",
@@ -54,7 +55,6 @@ __all__ = [
 
 #: Ground-truth value of pixels that are not annotated.
 IGNORE = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 EXCLUDED_NOTE = "classes absent from both prediction and truth are excluded from mIoU"
 
