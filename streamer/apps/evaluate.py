@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from streamer.core.errors import ConfigError, SourceError, StreamerError
+from streamer.core.labels import IMAGE_SUFFIXES
 
 __all__ = [
     "IGNORE",
@@ -59,7 +60,6 @@ __all__ = [
 
 #: Ground-truth value of pixels that are not annotated.
 IGNORE = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
 EXCLUDED_NOTE = "classes absent from both prediction and truth are excluded from mIoU"
 ALL_CLASSES_NOTE = ("CIHP/LIP convention (SCHP utils/miou.py): mean over all classes, a class "

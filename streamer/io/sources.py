@@ -36,6 +36,7 @@ import av
 import numpy as np
 
 from streamer.core.errors import ConfigError, SourceError
+from streamer.core.labels import IMAGE_SUFFIXES
 from streamer.core.types import Frame, VideoInfo
 
 __all__ = [
@@ -53,7 +54,6 @@ __all__ = [
 
 log = logging.getLogger("streamer.sources")
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp"})
 TRANSPORTS = ("tcp", "udp")
 

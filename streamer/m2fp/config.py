@@ -14,13 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.errors import ModelError
-
-CIHP_CLASSES: tuple[str, ...] = (
-    "Background", "Hat", "Hair", "Gloves", "Sunglasses", "UpperClothes", "Dress", "Coat",
-    "Socks", "Pants", "Torso-skin", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm",
-    "Left-leg", "Right-leg", "Left-shoe", "Right-shoe", "Human",
-)
-LIP_CLASSES: tuple[str, ...] = CIHP_CLASSES[:10] + ("Jumpsuits",) + CIHP_CLASSES[11:20]
+from streamer.core.labels import CIHP_CLASSES, LIP_CLASSES
 
 SINGLE_HUMAN_ID = "damo/cv_resnet101_image-single-human-parsing"
 MULTI_HUMAN_ID = "damo/cv_resnet101_image-multiple-human-parsing"

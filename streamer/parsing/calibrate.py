@@ -37,7 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from streamer.core.errors import ConfigError, SourceError, StreamerError
-from streamer.io.sources import IMAGE_SUFFIXES, open_source
+from streamer.core.labels import IMAGE_SUFFIXES
+from streamer.io.sources import open_source
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.m2fp.preprocess import to_single_canvas
 from streamer.parsing.engines import (

@@ -24,6 +24,9 @@ import torch
 
 from streamer.core.errors import ConfigError, ModelError, SourceError
 from streamer.core.types import Box, ParseResult, Person, unparseable_size
+from streamer.core.errors import ConfigError
+from streamer.core.labels import PERSON_ONLY
+from streamer.core.types import Box, ParseResult, Person
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
@@ -40,7 +43,6 @@ from streamer.m2fp.preprocess import (
     to_single_canvas,
 )
 from streamer.parsing.engines import Engine, check_engine_options, create_engine
-from streamer.vision.render import PERSON_ONLY
 from streamer.vision.reuse import CropMemory
 
 log = logging.getLogger("streamer.parsing.parser")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from streamer.core.labels import CIHP_CLASSES, PERSON_ONLY
 from streamer.core.types import Box, ParseResult
 
 __all__ = [
@@ -44,13 +45,6 @@ __all__ = [
     "make_palette",
     "voc_color",
 ]
-
-#: The 21 CIHP classes predicted by M2FP, by id. The LIP model names id 10 "Jumpsuits".
-CIHP_CLASSES: tuple[str, ...] = (
-    "Background", "Hat", "Hair", "Gloves", "Sunglasses", "UpperClothes", "Dress", "Coat",
-    "Socks", "Pants", "Torso-skin", "Scarf", "Skirt", "Face", "Left-arm", "Right-arm",
-    "Left-leg", "Right-leg", "Left-shoe", "Right-shoe", "Human",
-)
 
 #: RGB colour of each CIHP class id: the colours of the CIHP and LIP annotation PNGs.
 CIHP_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -77,8 +71,6 @@ CIHP_COLORS: tuple[tuple[int, int, int], ...] = (
     (0, 64, 128),     # 20 Human
 )
 
-#: Label for "a person is here but too small to parse": callers fill the person's box with it.
-PERSON_ONLY: int = 255
 #: Gold; no other palette entry uses a channel value of 255, so it cannot be confused.
 PERSON_ONLY_COLOR: tuple[int, int, int] = (255, 215, 0)
 #: Colour of part outlines (``OverlayStyle.outlines``).
