@@ -375,3 +375,13 @@ def test_first_run_says_it_compiles_and_prints_an_estimate(tmp_path, tiny_single
                     "--no-progress", "--max-frames", "2", env=env)
     assert again.returncode == 0, again.stderr
     assert "compiling" not in again.stderr
+
+
+@pytest.mark.parametrize("size", [(160, 8), (10, 200)])
+def test_photos_at_the_size_limits_are_parsed(tmp_path, tiny_single_model, cli_main, size):
+    photo = write_image(tmp_path / "edge.png", *size)
+    out = tmp_path / "o.png"
+    proc = cli_main("--source", str(photo), "--output", str(out), "--model",
+                    str(tiny_single_model), "--engine", "torch", "--detector", "hog")
+    assert proc.returncode == 0, proc.stderr
+    assert cv2.imread(str(out)).shape[:2] == (size[1], size[0])

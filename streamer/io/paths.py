@@ -36,6 +36,14 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
         return False
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
 def input_files(uri: str | os.PathLike[str] | None) -> list[Path]:
     """The local files a source reads: the file itself, or a folder's images ([] for URLs).
 
@@ -66,8 +74,13 @@ def check_not_input(output: str | os.PathLike[str] | None, inputs: Iterable[Path
     if not output:
         return
     out = Path(output)
+    try:
+        st = os.stat(out)  # links followed: a symlink or hard link to the input is the input
+        identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        identity = None
     for source in inputs:
-        if out == source or same_file(out, source):
+        if out == source or (identity is not None and _identity(source) == identity):
             raise ConfigError(
                 f"{option} {out} is the input {source}; writing it would destroy "
                 "the input",
