@@ -23,10 +23,8 @@ import numpy as np
 import torch
 
 from streamer.core.errors import ConfigError, ModelError, SourceError
-from streamer.core.types import Box, ParseResult, Person, unparseable_size
-from streamer.core.errors import ConfigError
 from streamer.core.labels import PERSON_ONLY
-from streamer.core.types import Box, ParseResult, Person
+from streamer.core.types import Box, ParseResult, Person, unparseable_size
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
 from streamer.m2fp.model import M2FP
