@@ -89,7 +89,7 @@ def test_two_processes_on_a_cold_cache_compile_once(tiny_single_model, tmp_path)
             if p.poll() is None:
                 p.kill()
                 p.wait(10)
-    for proc, (out, err) in zip(procs, outputs, strict=True):
+    for proc, (_, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, err
     results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
     assert sorted(len(r["compiled"]) for r in results) == [0, 1], results
