@@ -19,16 +19,20 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import functools
 import hashlib
 import json
 import logging
 import mmap
 import os
+import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -90,6 +94,57 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamer"
 
 
+#: torch.onnx.export keeps process-wide state: two exports at once in one process fail.
+_EXPORT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def building(path: Path) -> Iterator[None]:
+    """The exclusive right to build the cache entry ``path``, across threads and processes.
+
+    ``fcntl.flock`` on ``<path>.lock`` next to it: workers of one ``serve`` (threads, each its
+    own open file, so they exclude each other too) and ``batch`` worker processes sharing the
+    cache build an entry once; the others wait here and then find it built. The kernel drops
+    the lock if its holder dies. Callers check again for the entry once they hold the lock.
+
+    Example:
+        >>> with building(blob):
+        ...     if not blob.is_file():
+        ...         compile_into(blob)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "ab") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another worker building %s", path.name)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def written_through(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A unique temporary name next to ``path`` to write; moved onto ``path`` (``os.replace``,
+    atomic) when the block ends, removed if it raises. Readers never see a partial file.
+
+    Example:
+        >>> with written_through(blob) as tmp:
+        ...     tmp.write_bytes(data)
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def file_digest(path: Path) -> str:
     """The first 16 hex digits of a file's SHA-256."""
     h = hashlib.sha256()
@@ -117,8 +172,8 @@ def cache_key(checkpoint: Path, canvas_hw: tuple[int, int], engine: str, **optio
         digest = memo.read_text().strip()
     else:
         digest = file_digest(checkpoint)
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(digest)
+        with written_through(memo) as tmp:  # a reader at the same time sees all or nothing
+            tmp.write_text(digest)
     opts = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
     raw = (f"{digest}|{canvas_hw[0]}x{canvas_hw[1]}|torch={torch.__version__}|"
            f"code={code_fingerprint()}|{engine}|{opts}")
@@ -156,25 +211,29 @@ class TorchScriptEngine:
         # fastest traced path on CPU here; the per-call warnings say nothing to our users.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            if path.is_file():
-                self.module = torch.jit.load(str(path), map_location="cpu")
-            else:
-                notice.info("tracing the TorchScript engine at %dx%d (once; later runs load "
-                            "it from the cache)...", canvas_hw[1], canvas_hw[0])
-                started = time.perf_counter()
-                example = torch.zeros(1, 3, *canvas_hw)
-                with torch.no_grad():
-                    warnings.simplefilter("ignore")
-                    traced = torch.jit.freeze(
-                        torch.jit.trace(materialise(net).eval(), example, check_trace=False))
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                torch.jit.save(traced, str(tmp))
-                tmp.replace(path)
-                log.info("traced M2FP at %s in %.1f s -> %s", canvas_hw,
-                         time.perf_counter() - started, path)
-                self.module = traced
+            traced = None
+            if not path.is_file():
+                with building(path):
+                    if not path.is_file():  # not traced by another worker while this waited
+                        traced = self._trace(net, canvas_hw, path)
+            self.module = traced or torch.jit.load(str(path), map_location="cpu")
         self.module.eval()
+
+    @staticmethod
+    def _trace(net: NetSource, canvas_hw: tuple[int, int], path: Path) -> torch.jit.ScriptModule:
+        notice.info("tracing the TorchScript engine at %dx%d (once; later runs load it from the "
+                    "cache)...", canvas_hw[1], canvas_hw[0])
+        started = time.perf_counter()
+        example = torch.zeros(1, 3, *canvas_hw)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.freeze(
+                torch.jit.trace(materialise(net).eval(), example, check_trace=False))
+        with written_through(path) as tmp:
+            torch.jit.save(traced, str(tmp))
+        log.info("traced M2FP at %s in %.1f s -> %s", canvas_hw,
+                 time.perf_counter() - started, path)
+        return traced
 
     def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
@@ -217,8 +276,6 @@ def export_onnx(net: NetSource, canvas_hw: tuple[int, int], path: Path,
     """Export ``part`` of the network with a dynamic batch axis (TorchScript-based exporter)."""
     if part not in ONNX_PARTS:
         raise ValueError(f"part must be one of {', '.join(ONNX_PARTS)}, not {part!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.onnx")
     network = materialise(net).eval()
     images = torch.zeros(1, 3, *canvas_hw)
     if part == "whole":
@@ -235,14 +292,14 @@ def export_onnx(net: NetSource, canvas_hw: tuple[int, int], path: Path,
         else:
             module, example = _Decoder(network), encoded
             inputs, outputs = ["mask_features", *levels], ["pred_logits", "pred_masks"]
-    with torch.no_grad(), warnings.catch_warnings():
+    with (written_through(path, ".tmp.onnx") as tmp, _EXPORT_LOCK, torch.no_grad(),
+          warnings.catch_warnings()):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module, example, str(tmp), opset_version=ONNX_OPSET, dynamo=False,
             input_names=inputs, output_names=outputs,
             dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
         )
-    tmp.replace(path)
 
 
 def onnx_model(
@@ -259,12 +316,14 @@ def onnx_model(
     path = cache_dir / (cache_key(checkpoint, canvas_hw, "onnxruntime", opset=ONNX_OPSET,
                                   **parts) + ".onnx")
     if not path.is_file():
-        notice.info("exporting the model to ONNX at %dx%d (once; later runs load it from the "
-                    "cache)...", canvas_hw[1], canvas_hw[0])
-        started = time.perf_counter()
-        export_onnx(net, canvas_hw, path, part)
-        log.info("exported M2FP (%s) to ONNX at %s in %.1f s -> %s", part, canvas_hw,
-                 time.perf_counter() - started, path)
+        with building(path):
+            if not path.is_file():  # not exported by another worker while this one waited
+                notice.info("exporting the model to ONNX at %dx%d (once; later runs load it "
+                            "from the cache)...", canvas_hw[1], canvas_hw[0])
+                started = time.perf_counter()
+                export_onnx(net, canvas_hw, path, part)
+                log.info("exported M2FP (%s) to ONNX at %s in %.1f s -> %s", part, canvas_hw,
+                         time.perf_counter() - started, path)
     return path
 
 
@@ -486,20 +545,38 @@ class OpenVinoEngine:
             self._compiled[batch] = compiled
         return compiled
 
-    def _compile(self, batch: int, part: str, precision: str):
-        path = self.blob_path(batch, part)
-        if path.is_file():
-            try:
-                blob, view = map_read_only(path)
-                compiled = self.core.import_model(
-                    _openvino().Tensor(view, shared_memory=True), "CPU", self._config(precision)
-                )
-                release_pages(blob)
-                self._blobs.append(blob)
-                return compiled
-            except (RuntimeError, ValueError, OSError) as exc:  # other OpenVINO build, damaged
+    def _import(self, path: Path, precision: str, warn: bool):
+        """The compiled model from the blob at ``path``, or ``None`` if there is none (or it
+        is from another OpenVINO build, or damaged: then it is compiled again)."""
+        if not path.is_file():
+            return None
+        try:
+            blob, view = map_read_only(path)
+            compiled = self.core.import_model(
+                _openvino().Tensor(view, shared_memory=True), "CPU", self._config(precision)
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            if warn:
                 log.warning("recompiling: cannot import %s (%s)", path.name,
                             str(exc).strip().splitlines()[0] if str(exc).strip() else "error")
+            return None
+        release_pages(blob)
+        self._blobs.append(blob)
+        return compiled
+
+    def _compile(self, batch: int, part: str, precision: str):
+        path = self.blob_path(batch, part)
+        compiled = self._import(path, precision, warn=False)
+        if compiled is not None:
+            return compiled
+        # One worker compiles; the others wait for the lock and then import its blob.
+        with building(path):
+            compiled = self._import(path, precision, warn=True)
+            if compiled is None:
+                compiled = self._compile_into(path, batch, part, precision)
+        return compiled
+
+    def _compile_into(self, path: Path, batch: int, part: str, precision: str):
         notice.info("compiling the OpenVINO engine (%s, %s, batch %d; once, later runs load "
                     "it from the cache)...", part, precision, batch)
         started = time.perf_counter()
@@ -513,10 +590,8 @@ class OpenVinoEngine:
         model = self.core.read_model(str(source))
         model.reshape({port: [batch, *port.get_partial_shape()[1:]] for port in model.inputs})
         compiled = self.core.compile_model(model, "CPU", self._config(precision))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(compiled.export_model().getbuffer())
-        tmp.replace(path)
+        with written_through(path) as tmp:
+            tmp.write_bytes(compiled.export_model().getbuffer())
         if batch not in self.compiled_now:
             self.compiled_now.append(batch)
         log.info("compiled M2FP (%s) for OpenVINO (%s, batch %d) in %.1f s -> %s",

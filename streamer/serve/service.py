@@ -1294,7 +1294,9 @@ class StreamCreate(BaseModel):
     """Body of POST /api/streams."""
 
     source: str = Field(min_length=1,
-                        description="rtsp://... URL, a video file path, or a webcam index",
+                        description="a stream URL (rtsp, rtsps, rtmp, rtmps, srt, udp, rtp, "
+                                    "http, https), or a video file below serve.media_root "
+                                    "(relative to it, or absolute) when the server sets one",
                         examples=["rtsp://127.0.0.1:8554/stream"])
     name: str | None = Field(default=None, pattern=STREAM_NAME.pattern,
                              description="stream id (letters, digits, - and _); default: a "
@@ -1742,7 +1744,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "metrics and a web page.",
         epilog="Settings of the service are the serve section of --config (or --set "
         "serve.key=value): token, max_upload_mb, max_pixels, workers, queue, cache_mb, "
-        "redis_url, max_streams, ... See streamer/serve/service.py (ServeConfig).",
+        "redis_url, max_streams, media_root (the folder requests may open video files from; "
+        "none by default), ... See streamer/serve/service.py (ServeConfig).",
     )
     p.add_argument("--host", help="address to listen on (serve.host, default 127.0.0.1; "
                    "0.0.0.0 opens it to the network)")

@@ -195,6 +195,19 @@ function show(id, value) {
   $(id).textContent = value === undefined || value === null ? "-" : value;
 }
 
+// Every stream's label in the menu says its state now (a stream that ended is no longer
+// "running"), updated in place so that an open menu is not rebuilt under the pointer.
+async function relabelStreams() {
+  try {
+    const response = await fetch("/api/streams");
+    if (!response.ok) return;
+    for (const s of (await response.json()).streams) {
+      const option = [...$("streams").options].find((o) => o.value === s.id);
+      if (option && s.id in sources) option.textContent = streamLabel(s.id, s.state);
+    }
+  } catch (e) { /* try again on the next tick */ }
+}
+
 async function pollMetrics() {
   if (!watching) {
     for (const id of ["s-state", "s-fps", "s-p50", "s-p95", "s-read", "s-parsed", "s-dropped",
@@ -266,6 +279,7 @@ function init() {
   loadClasses();
   refreshStreams();
   setInterval(pollMetrics, 1000);
+  setInterval(relabelStreams, 2000);
 }
 
 init();
