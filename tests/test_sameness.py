@@ -192,9 +192,40 @@ def test_raw_outputs_match(pair, media):
     variant, model, _, ours = pair
     got = check_raw_outputs(variant, model, ours, photos(media, 1)[0][1],
                             orders=("reference", "fast"))
+    print(f"{variant}: {got}")
     # The fast order stands in for a CPU whose kernels round differently: it must differ from
     # ModelScope by rounding (or the flipped-bit path of the proof is never exercised here).
     assert got["fast"]["mask_logits_max_abs"] > 0, "the fast order no longer rounds differently"
+
+
+def test_the_same_attention_masks_give_the_same_outputs(tmp_path, media):
+    """The proof's last step, checked where it must bite: attention masks with bits flipped on
+    purpose (the 40 mask logits nearest the threshold in each layer), fed to both networks,
+    change the outputs and leave them equal between the two (tiny multi-person model)."""
+    model = ref.make_reference_model_dir(tmp_path, "multi", tiny=True, seed=3)
+    ours = HumanParser(ParserOptions(model=str(tmp_path), engine="torch"))
+    image = photos(media, 1)[0][1]
+    with trace_decoder(model) as free:
+        unforced = ref.modelscope_forward(model, image)
+    flipped = []
+    for mask, logits in zip(free.masks, free.logits, strict=True):
+        mask = mask.clone().flatten()
+        nearest = logits.flatten().abs().topk(40, largest=False).indices
+        mask[nearest] = ~mask[nearest]
+        mask = mask.view_as(logits)
+        mask[mask.all(-1)] = False  # as both networks do: a query blocked everywhere sees all
+        flipped.append(mask)
+    with trace_decoder(model, replace=flipped):
+        forced = ref.modelscope_forward(model, image)
+    ours.net.use_reference_order(True)
+    try:
+        with torch.inference_mode(), trace_decoder(ours.net, replace=flipped):
+            logits, masks = ours.net(pad_like_modelscope(forced["input"]))
+    finally:
+        ours.net.use_reference_order(False)
+    assert not torch.equal(forced["pred_logits"], unforced["pred_logits"])
+    torch.testing.assert_close(logits, forced["pred_logits"], atol=ROUNDING, rtol=0)
+    torch.testing.assert_close(masks, forced["pred_masks"], atol=ROUNDING, rtol=0)
 
 
 AVX2_CHILD = """
