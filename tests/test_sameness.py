@@ -71,6 +71,11 @@ class DecoderTrace:
     logits: list[torch.Tensor] = field(default_factory=list)
 
 
+#: True while ``trace_decoder`` re-runs ``decoder_norm``/``mask_embed`` for its own record, so
+#: other hooks (tests/isa_divergence.py) can tell those calls from the network's.
+RECOMPUTING = [False]
+
+
 @contextmanager
 def trace_decoder(net: torch.nn.Module, replace: list[torch.Tensor] | None = None):
     """Record each cross-attention layer's attention mask and mask logits; with ``replace``,
@@ -92,7 +97,11 @@ def trace_decoder(net: torch.nn.Module, replace: list[torch.Tensor] | None = Non
         scale = 2 ** (3 - index % 3)  # levels at 1/32, 1/16, 1/8 of the input; masks at 1/4
         size = (mf.shape[-2] // scale, mf.shape[-1] // scale)
         assert size[0] * size[1] == hw
-        embed = predictor.mask_embed(predictor.decoder_norm(tgt).transpose(0, 1))
+        RECOMPUTING[0] = True
+        try:
+            embed = predictor.mask_embed(predictor.decoder_norm(tgt).transpose(0, 1))
+        finally:
+            RECOMPUTING[0] = False
         full = torch.einsum("bqc,bchw->bqhw", embed, mf)
         logits = F.interpolate(full, size=size, mode="bilinear", align_corners=False)
         trace.logits.append(logits.flatten(2))
