@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from test_sameness import RECOMPUTING, pad_like_modelscope, trace_decoder
 from torch import nn
 
 
@@ -62,9 +62,6 @@ def _hooked_names(net: nn.Module) -> list[str]:
     return names
 
 
-PAUSED: list[bool] = [False]  # set while a wrapper recomputes what it inspects
-
-
 def record(net: nn.Module, names: set[str]) -> tuple[dict, list, list]:
     """Attach hooks; returns (outputs by (name, call), execution order, handles)."""
     outputs: dict[tuple[str, int], torch.Tensor] = {}
@@ -76,7 +73,7 @@ def record(net: nn.Module, names: set[str]) -> tuple[dict, list, list]:
 
         def hook(_m, _inp, out, name=name):
             t = _first_tensor(out)
-            if t is None or PAUSED[0]:
+            if t is None or RECOMPUTING[0]:
                 return
             call = sum(1 for n, _ in outputs if n == name)
             outputs[(name, call)] = t.detach().clone()
@@ -84,45 +81,6 @@ def record(net: nn.Module, names: set[str]) -> tuple[dict, list, list]:
 
         handles.append(module.register_forward_hook(hook))
     return outputs, order, handles
-
-
-def ours_attention_masks(net: nn.Module) -> list[dict]:
-    """Wrap ``MaskedTransformerDecoder._attention_mask`` to keep each mask and its logits."""
-    predictor = net.sem_seg_head.predictor
-    original = predictor._attention_mask
-    kept: list[dict] = []
-
-    def wrapped(output, mask_features, size, resized_features):
-        blocked = original(output, mask_features, size, resized_features)
-        PAUSED[0] = True
-        embed = predictor.mask_embed(predictor.decoder_norm(output).transpose(0, 1))
-        PAUSED[0] = False
-        masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
-        logits = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        kept.append({"mask": blocked.clone(), "logits": logits.flatten(2).clone()})
-        return blocked
-
-    predictor._attention_mask = wrapped
-    return kept
-
-
-def modelscope_attention_masks(model: nn.Module) -> list[dict]:
-    """Wrap ModelScope's ``forward_prediction_heads`` likewise (with its empty-mask fix-up)."""
-    predictor = model.sem_seg_head.predictor
-    original = predictor.forward_prediction_heads
-    kept: list[dict] = []
-
-    def wrapped(output, mask_features, attn_mask_target_size):
-        cls, masks, attn = original(output, mask_features, attn_mask_target_size)
-        fixed = attn.clone()
-        fixed[torch.where(fixed.sum(-1) == fixed.shape[-1])] = False
-        logits = F.interpolate(masks, size=attn_mask_target_size, mode="bilinear",
-                               align_corners=False)
-        kept.append({"mask": fixed, "logits": logits.flatten(2).clone()})
-        return cls, masks, attn
-
-    predictor.forward_prediction_heads = wrapped
-    return kept
 
 
 #: Modules whose outputs differ by construction, not by arithmetic: ours applies the ReLU
@@ -166,19 +124,16 @@ def compare(ours: dict, order: list, theirs: dict) -> list[Row]:
     return rows
 
 
-def mask_rows(ours: list[dict], theirs: list[dict]) -> list[dict]:
-    """Per attention mask: logits difference, flipped bits and the logits at those bits."""
+def mask_rows(ours, theirs) -> list[dict]:
+    """Per attention mask (two ``test_sameness.DecoderTrace``): logits difference, flipped bits
+    and the reference's logits at those bits."""
     rows = []
-    for i, (a, b) in enumerate(zip(ours, theirs, strict=False)):  # theirs has one more
-        n, q, hw = a["logits"].shape
-        heads = a["mask"].shape[0] // n
-        ma = a["mask"].view(n, heads, q, hw)[:, 0]
-        mb = b["mask"].view(n, heads, q, hw)[:, 0]
+    for i, (ma, mb) in enumerate(zip(ours.masks, theirs.masks, strict=True)):
         flipped = ma != mb
-        at = b["logits"][flipped]
+        at = theirs.logits[i][flipped]
         rows.append({
             "mask": i, "bits": int(ma.numel()),
-            "logit_max_abs": float((a["logits"] - b["logits"]).abs().max()),
+            "logit_max_abs": float((ours.logits[i] - theirs.logits[i]).abs().max()),
             "flipped": int(flipped.sum()),
             "queries_flipped": int(flipped.any(-1).sum()),
             "ref_logits_at_flips": [float(v) for v in at[:8]],
@@ -189,7 +144,6 @@ def mask_rows(ours: list[dict], theirs: list[dict]) -> list[dict]:
 def run(model_dir: Path, photo: Path) -> dict:
     import modelscope_ref as ref
     from PIL import Image
-    from test_sameness import pad_like_modelscope
 
     from streamer.parsing.parser import HumanParser, ParserOptions
 
@@ -200,14 +154,13 @@ def run(model_dir: Path, photo: Path) -> dict:
 
     names = set(_hooked_names(ours)) & set(_hooked_names(model))
     theirs_out, _, handles_t = record(model, names)
-    theirs_masks = modelscope_attention_masks(model)
-    expected = ref.modelscope_forward(model, image)
+    with trace_decoder(model) as theirs_masks:
+        expected = ref.modelscope_forward(model, image)
     for h in handles_t:
         h.remove()
 
     ours_out, order, handles_o = record(ours, names)
-    ours_masks = ours_attention_masks(ours)
-    with torch.inference_mode():
+    with torch.inference_mode(), trace_decoder(ours) as ours_masks:
         logits, masks = ours(pad_like_modelscope(expected["input"]))
     for h in handles_o:
         h.remove()
