@@ -862,7 +862,7 @@ class RayCluster:
             self._probe(slot)
             return
         except ray.exceptions.RayActorError as exc:
-            slot.dead = True
+            slot.dead, slot.lost_at = True, None
             slot.last_error = f"worker gone ({_ray_reason(exc)})"
             return
         slot.info, slot.lost_at = info, None
