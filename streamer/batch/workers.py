@@ -625,6 +625,7 @@ class _Slot:
     dead: bool = False
     last_error: str | None = None
     ran_on: WorkerInfo | None = None  # the incarnation the current job was handed to
+    lost_at: float | None = None  # when its worker died (until it is back)
 
     @property
     def idle(self) -> bool:
@@ -831,6 +832,14 @@ class RayCluster:
             log.warning("no worker has started after 60 s: Ray may have no room for %s CPUs "
                         "per worker (free now: %s); see `ray status`",
                         self._plan_cpus, ray.available_resources().get("CPU", 0))
+        for slot in self._slots:
+            if slot.lost_at is not None and time.monotonic() - slot.lost_at > 60:
+                slot.lost_at = None  # once
+                log.warning("%s died and has not been restarted after 60 s: Ray may have no "
+                            "room for %s CPUs on the nodes left (free now: %s); run with "
+                            "--threads 1 so that each worker reserves one CPU, or add a node",
+                            slot.name, self._plan_cpus,
+                            ray.available_resources().get("CPU", 0))
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
@@ -853,10 +862,10 @@ class RayCluster:
             self._probe(slot)
             return
         except ray.exceptions.RayActorError as exc:
-            slot.dead = True
+            slot.dead, slot.lost_at = True, None
             slot.last_error = f"worker gone ({_ray_reason(exc)})"
             return
-        slot.info = info
+        slot.info, slot.lost_at = info, None
         self.workers_seen[info.name] = info
         if info.error is not None:
             slot.dead = True
@@ -879,6 +888,7 @@ class RayCluster:
                                worker=where.name if where else slot.name, died=True,
                                node_id=where.node_id if where else None,
                                node_ip=where.node_ip if where else None)
+            slot.lost_at = time.monotonic()
             self._probe(slot)  # answers once Ray has restarted it, or says it is gone
         except ray.exceptions.RayError as exc:
             result = JobResult(job.key, attempt, "failed",
