@@ -178,6 +178,24 @@ def test_auto_picks_the_trained_detectors_when_present(detector_models):
     assert isinstance(auto, NanoDetDetector)
 
 
+def test_weights_from_a_package_tarball(detector_models, tmp_path, monkeypatch):
+    import tarfile
+
+    from streamer.vision.detector_models import find_models
+
+    tarball = tmp_path / "human-models.tgz"
+    with tarfile.open(tarball, "w:gz", compresslevel=1) as tar:
+        for path in detector_models.values():
+            for file in (path, path.with_suffix(".bin")):
+                tar.add(file, arcname=f"package/models/{file.name}")
+    monkeypatch.setenv("STREAMER_DETECTORS_DIR", str(tmp_path / "cache"))
+    found = find_models(["nanodet", "movenet"], str(tarball))
+    assert sorted(found) == ["movenet", "nanodet"]
+    for name, path in found.items():
+        assert path.read_bytes() == detector_models[name].read_bytes()
+        assert (tmp_path / "cache") in path.parents
+
+
 def test_auto_falls_back_to_hog_with_one_warning(tmp_path, monkeypatch, caplog):
     from streamer.vision.detect import DetectorOptions, HogDetector, make_detector
 

@@ -42,7 +42,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from streamer.core.errors import ModelError
+from streamer.core.errors import ConfigError, ModelError
 
 log = logging.getLogger("streamer.detector_models")
 
@@ -113,8 +113,6 @@ def find_models(names: Iterable[str], weights: str | None = None) -> dict[str, P
 
 
 def _user_folders(path: Path) -> list[Path]:
-    from streamer.core.errors import ConfigError
-
     if not path.exists():
         raise ConfigError(f"detector.weights {path} does not exist",
                           hint="give a folder with nanodet.json/.bin or movenet-multipose"
