@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="pace a file as if it were live (tests the live frame-skipping)")
     p.add_argument("--metrics", help="write the run summary as JSON to this file")
+    p.add_argument("--output-dir", help="run every stream of --config's sources: list in this "
+                   "process on one model, writing DIR/NAME.mkv each (see docs/live.md)")
     p.add_argument("--labels-out", help="write one label-map PNG per frame to this folder")
     p.add_argument("--stats-jsonl", help="write per-frame stats as JSON lines to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -158,6 +160,22 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     print(f"wrote {output}: {len(result.persons)} person(s); pixels per class: {classes}")
 
 
+def _run_streams(args: argparse.Namespace, stopper: SignalStop) -> int:
+    from streamer.apps.streams import run_streams
+    from streamer.core.errors import ConfigError
+
+    if args.source or args.output:
+        raise ConfigError("--output-dir runs the sources: listed in --config; do not pass "
+                          "--source or --output with it")
+    if not args.config:
+        raise ConfigError("--output-dir needs --config with a sources: list",
+                          hint="see docs/live.md, section Many cameras")
+    report = run_streams(args.config, _overrides(args), args.output_dir, args.metrics, stopper)
+    if stopper.code is not None:
+        return stopper.code
+    return EXIT_FAILED if report["failed"] else EXIT_OK
+
+
 # Subcommands live in their own modules; each has main(argv) -> exit code.
 SUBCOMMANDS = {
     "eval": "streamer.apps.evaluate",
@@ -188,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from streamer.config import load_config
 
+        if args.output_dir:
+            return _run_streams(args, stopper)
         config = load_config(args.config, _overrides(args))
         source, output = config.source.uri, config.output.path
         if source is None:
