@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from streamer.vision.reuse import CropMemory
 from streamer.vision.temporal import Carrier
 
 if TYPE_CHECKING:
+    from streamer.io.segments import SegmentedVideoSink
     from streamer.scheduler import ParseScheduler
 
 log = logging.getLogger("streamer.pipeline")
@@ -409,7 +411,7 @@ class Pipeline:
         progress = None
         with contextlib.ExitStack() as stack:
             sinks_opened = False
-            video: VideoFileSink | None = None
+            video: VideoFileSink | SegmentedVideoSink | None = None
             window: WindowSink | None = None
             labels: LabelMapSink | None = None
             stats: JsonlStatsSink | None = None
@@ -417,7 +419,16 @@ class Pipeline:
                 if not sinks_opened:
                     sinks_opened = True
                     info = self.source.info
-                    if cfg.path:
+                    if cfg.path and cfg.segment_seconds:
+                        from streamer.io.segments import SegmentedVideoSink
+
+                        path = Path(cfg.path)
+                        video = stack.enter_context(SegmentedVideoSink(
+                            path.with_suffix(""), info, segment_seconds=cfg.segment_seconds,
+                            keep_segments=cfg.keep_segments, max_disk_mb=cfg.max_disk_mb,
+                            suffix=path.suffix or ".mkv", codec=cfg.codec, crf=cfg.crf,
+                            preset=cfg.preset))
+                    elif cfg.path:
                         audio = str(self.uri) if info.has_audio and not info.is_live else None
                         video = stack.enter_context(VideoFileSink(
                             cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,

@@ -237,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             return stopper.code
         summary = pipeline.run()
         print(format_summary(summary))
-        if output:
+        if output and config.output.segment_seconds:
+            print(f"wrote segments to {Path(output).with_suffix('')}/")
+        elif output:
             print(f"wrote {output}")
         skipped = summary["decode_errors"]
         damaged = summary["packets_corrupt"] + summary["frames_corrupt"]
