@@ -157,7 +157,14 @@ class StreamsRun:
     def _row(self, running: _Running) -> dict[str, Any]:
         summary = dict(running.summary or running.pipeline.metrics.summary())
         summary["uri"] = running.spec.uri
-        summary["output"] = str(running.output)
+        if running.pipeline.config.output.segment_seconds:
+            from streamer.io.segments import list_segments
+
+            folder = running.output.with_suffix("")
+            summary["output"] = str(folder)
+            summary["segments"] = [p.name for p in list_segments(folder, running.output.suffix)]
+        else:
+            summary["output"] = str(running.output)
         summary["priority"] = running.spec.priority
         summary["error"] = running.error
         return summary

@@ -7,8 +7,8 @@ at timestamp 0 and is closed (finalised) before the next one opens, so a crash o
 at most the unwritten tail of the current segment; with ``.mkv`` even that segment keeps what
 reached the disk. After each rotation the oldest segments in the folder (this naming only;
 other files are never touched) are deleted while there are more than ``keep_segments`` or they
-take more than ``max_disk_mb`` (0 turns either limit off); the segment being written is never
-deleted.
+take more than ``max_disk_mb`` (0 turns either limit off); the segment being written (at the
+end: the last one written) is never deleted.
 
 Example:
     >>> with SegmentedVideoSink("rec/door", info, segment_seconds=60, keep_segments=24 * 60,
@@ -133,8 +133,9 @@ class SegmentedVideoSink:
             sink.close()
 
     def _apply_retention(self) -> None:
-        found = [p for p in list_segments(self.folder, self.suffix) if p != self.current]
-        current = self.current
+        # The segment being written, or at the end the last one written, is always kept.
+        current = self.current or (self.segments[-1] if self.segments else None)
+        found = [p for p in list_segments(self.folder, self.suffix) if p != current]
         sizes = {p: p.stat().st_size for p in found}
         total = sum(sizes.values()) + (current.stat().st_size if current and current.exists()
                                        else 0)
