@@ -129,6 +129,11 @@ class StreamsRun:
         return self._row(running)
 
     @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
+
+    @property
     def names(self) -> list[str]:
         with self._lock:
             return [n for n, r in self._streams.items() if r.thread.is_alive()]
@@ -227,10 +232,17 @@ def run_streams(config_path: str, overrides: list[str], output_dir: str,
     run = StreamsRun(base, out_dir)
     if stopper is not None:
         stopper.target = run
-    for spec in specs:
-        run.add(spec)
-    while run.names:  # until Ctrl-C (stopper -> run.stop()) or every stream has ended
-        time.sleep(0.2)
+    try:
+        for spec in specs:
+            if run.stopping:  # Ctrl-C while starting: finalise what already runs
+                break
+            run.add(spec)
+        while run.names:  # until Ctrl-C (stopper -> run.stop()) or every stream has ended
+            time.sleep(0.2)
+    except BaseException:
+        run.stop()
+        run.wait(timeout=60)
+        raise
     report = run.wait()
     print(format_streams_table(report))
     for name, row in report["streams"].items():
