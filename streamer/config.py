@@ -82,6 +82,12 @@ class OutputConfig:
     stats_jsonl: str | None = None
     metrics: str | None = None
     progress: bool = True
+    # Live recordings (streamer.io.segments): a new finalised file every segment_seconds in
+    # PATH-without-suffix/START-TIME.SUFFIX; the oldest are deleted past keep_segments files
+    # or max_disk_mb megabytes. 0 turns each off.
+    segment_seconds: float = 0.0
+    keep_segments: int = 0
+    max_disk_mb: float = 0.0
 
 
 @dataclass
@@ -130,6 +136,9 @@ BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "render.alpha": (0, 1),
     "render.stability_depth": (2, 8),
     "output.crf": (0, 51),
+    "output.segment_seconds": (0, None),
+    "output.keep_segments": (0, None),
+    "output.max_disk_mb": (0, None),
 }
 
 

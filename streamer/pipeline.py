@@ -28,7 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,6 +45,10 @@ from streamer.vision.detect import PersonFinder
 from streamer.vision.render import Renderer
 from streamer.vision.reuse import CropMemory
 from streamer.vision.temporal import Carrier
+
+if TYPE_CHECKING:
+    from streamer.io.segments import SegmentedVideoSink
+    from streamer.scheduler import ParseScheduler
 
 log = logging.getLogger("streamer.pipeline")
 
@@ -62,6 +67,8 @@ class Parsed:
     result: ParseResult | None
     fresh: bool
     velocities: dict[int, np.ndarray] = field(default_factory=dict)
+    # Capture time of the frame ``result`` was parsed on (for the overlay's age when shown).
+    parse_capture: float | None = None
 
 
 @dataclass
@@ -114,7 +121,9 @@ class Pipeline:
 
     ``parser`` may be passed in to share one loaded model between runs (tests, services).
     With ``overlap_detection`` (files), a detector thread finds the people in frame t+1 while
-    the parser works on frame t.
+    the parser works on frame t. With a ``scheduler`` (live sources only), the stream's
+    detect + parse run on the scheduler's shared model and thread, as lane ``name`` with
+    ``priority`` (see streamer.scheduler).
     """
 
     def __init__(
@@ -124,6 +133,9 @@ class Pipeline:
         *,
         parser: HumanParser | None = None,
         overlap_detection: bool = True,
+        scheduler: ParseScheduler | None = None,
+        name: str | None = None,
+        priority: float = 1.0,
     ) -> None:
         self.config = config
         self.overlap_detection = overlap_detection
@@ -131,12 +143,16 @@ class Pipeline:
         if self.uri is None or str(self.uri) == "":
             raise ConfigError("no source given: pass --source or set source.uri")
         self.metrics = RunMetrics()
-        self._parser = parser
+        self.scheduler = scheduler
+        self.name = name or str(self.uri)
+        self.priority = priority
+        self._parser = scheduler.parser if scheduler is not None and parser is None else parser
         self._stop = threading.Event()
         self._source: Source | None = None
         self._threads: list[threading.Thread] = []
         self._buffers: list[FrameBuffer] = []
         self._latest: Parsed | None = None
+        self._lane: FrameBuffer | None = None
         self._latest_lock = threading.Lock()
         self._warned_sizes: set[tuple[int, int]] = set()
         self._hurry = False
@@ -290,6 +306,7 @@ class Pipeline:
         memory = CropMemory(self.config.parse.reuse_threshold)
         error: BaseException | None = None
         last: ParseResult | None = None
+        last_capture: float | None = None
         seen = 0
         try:
             while True:
@@ -311,7 +328,8 @@ class Pipeline:
                 seen += 1
                 if parse_now:
                     last = self._parse(detected, memory)
-                item = Parsed(detected.frame, last, parse_now)
+                    last_capture = detected.frame.capture_time
+                item = Parsed(detected.frame, last, parse_now, parse_capture=last_capture)
                 if parse_now and detected.persons:
                     item.velocities = detected.velocities
                 if parse_now:
@@ -356,14 +374,22 @@ class Pipeline:
                 if not self._many_images(source):
                     raise SourceError(f"{source.uri}: frames of {reason}",
                                       hint="pass a larger video or image")
-            else:
+            elif self.scheduler is None:  # a shared parser is warmed by whoever built it
                 self.parser.warm_up((info.height, info.width))
             if policy is BufferPolicy.LATEST and cfg.output.frames == "all":
                 yield from self._items_live(source)
+            elif self.scheduler is not None:
+                raise ConfigError(
+                    f"stream {self.name}: a shared parse scheduler serves live sources only "
+                    f"(with output.frames: all), and {self.uri} is not one",
+                    hint="set source.realtime: true to pace a file as a live stream, or run "
+                         "files with run_stream.py batch")
             else:
                 yield from self._items_ordered(source, policy)
         finally:
             self._stop.set()
+            if self._lane is not None and self.scheduler is not None:
+                self.scheduler.remove(self._lane)  # type: ignore[arg-type]
             for buffer in self._buffers:
                 buffer.close()
             deadline = time.monotonic() + 10
@@ -380,6 +406,9 @@ class Pipeline:
             self.metrics.packets_corrupt = stats.packets_corrupt
             self.metrics.frames_corrupt = stats.frames_corrupt
             self.metrics.frames_dropped = sum(b.dropped for b in self._buffers)
+            if self._buffers and isinstance(self._buffers[-1], DropOldestBuffer):
+                self.metrics.display_dropped = self._buffers[-1].dropped
+            self.metrics.source_fps = source.info.fps if source.is_live else None
             self.metrics.finished = time.monotonic()
 
     def _items_ordered(self, source: Source, policy: BufferPolicy) -> Iterator[Parsed]:
@@ -407,13 +436,17 @@ class Pipeline:
 
     def _items_live(self, source: Source) -> Iterator[Parsed]:
         cfg = self.config
-        parse_slot = make_buffer(BufferPolicy.LATEST)
         display = DropOldestBuffer(cfg.buffer.size)
+        if self.scheduler is not None:
+            parse_slot: FrameBuffer = self._join_scheduler(self.scheduler, display)
+        else:
+            parse_slot = make_buffer(BufferPolicy.LATEST)
         self._buffers = [parse_slot, display]
         self._start(self._read, source, [parse_slot, display], name="streamer-reader")
-        # Live: detect and parse the newest frame back to back; detecting ahead would add a
-        # whole parse time to the latency of what is shown.
-        self._start(self._work, parse_slot, None, 1, True, name="streamer-parser")
+        if self.scheduler is None:
+            # Live: detect and parse the newest frame back to back; detecting ahead would add
+            # a whole parse time to the latency of what is shown.
+            self._start(self._work, parse_slot, None, 1, True, name="streamer-parser")
         carrier = Carrier.from_config(cfg.render)  # render.propagate / render.stability
         while (frame := display.get()) is not None:
             if self._worker_error is not None:
@@ -428,9 +461,35 @@ class Pipeline:
             fresh = latest.frame.index == frame.index
             yield Parsed(frame, carrier.carry(
                 frame.image, frame.index, latest.result, source_image=latest.frame.image,
-                source_index=latest.frame.index, velocities=latest.velocities), fresh)
+                source_index=latest.frame.index, velocities=latest.velocities), fresh,
+                parse_capture=latest.frame.capture_time)
         if self._worker_error is not None:
             raise self._worker_error
+
+    def _join_scheduler(self, scheduler: ParseScheduler, display: FrameBuffer) -> FrameBuffer:
+        """This stream's lane in the shared scheduler: its own tracker and crop memory, the
+        scheduler's model and detector, run on the scheduler's thread."""
+        cfg = self.config
+        finder = None if self._whole_frame() else PersonFinder(
+            cfg.detector, detector=scheduler.detector(cfg.detector))
+        memory = CropMemory(cfg.parse.reuse_threshold)
+
+        def parse_newest(frame: Frame) -> None:
+            detected = (self._find(finder, frame) if finder is not None
+                        else Detected(frame, None, {}))
+            item = Parsed(frame, self._parse(detected, memory), True,
+                          detected.velocities if detected.persons else {},
+                          parse_capture=frame.capture_time)
+            with self._latest_lock:
+                self._latest = item
+
+        def failed(error: BaseException) -> None:
+            self._worker_error = error
+            display.close()
+
+        lane = scheduler.add(self.name, parse_newest, priority=self.priority, on_error=failed)
+        self._lane = lane
+        return lane
 
     # ----------------------------------------------------------------- running to sinks
     def run(self, *, show_progress: bool | None = None,
@@ -446,7 +505,7 @@ class Pipeline:
         estimate = _Estimate(self.config.parse.every) if on_estimate is not None else None
         with contextlib.ExitStack() as stack:
             sinks_opened = False
-            video: VideoFileSink | None = None
+            video: VideoFileSink | SegmentedVideoSink | None = None
             window: WindowSink | None = None
             labels: LabelMapSink | None = None
             stats: JsonlStatsSink | None = None
@@ -454,7 +513,16 @@ class Pipeline:
                 if not sinks_opened:
                     sinks_opened = True
                     info = self.source.info
-                    if cfg.path:
+                    if cfg.path and cfg.segment_seconds:
+                        from streamer.io.segments import SegmentedVideoSink
+
+                        path = Path(cfg.path)
+                        video = stack.enter_context(SegmentedVideoSink(
+                            path.with_suffix(""), info, segment_seconds=cfg.segment_seconds,
+                            keep_segments=cfg.keep_segments, max_disk_mb=cfg.max_disk_mb,
+                            suffix=path.suffix or ".mkv", codec=cfg.codec, crf=cfg.crf,
+                            preset=cfg.preset))
+                    elif cfg.path:
                         # From a start time the video begins at 0 and the audio, copied
                         # from the source's beginning, would not match it.
                         audio = (str(self.uri) if info.has_audio and not info.is_live
@@ -500,6 +568,8 @@ class Pipeline:
                         name=frame.name)
                 self.metrics.add_stage("encode", time.perf_counter() - started)
                 self.metrics.add_output(frame.capture_time)
+                if item.parse_capture is not None:
+                    self.metrics.add_overlay(item.parse_capture)
                 if stats is not None:
                     stats.write(self._frame_record(item))
                 if progress is not None:

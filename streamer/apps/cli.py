@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="pace a file as if it were live (tests the live frame-skipping)")
     p.add_argument("--metrics", help="write the run summary as JSON to this file")
+    p.add_argument("--output-dir", help="run every stream of --config's sources: list in this "
+                   "process on one model, writing DIR/NAME.mkv each (see docs/live.md)")
     p.add_argument("--labels-out", help="write one label-map PNG per frame to this folder "
                    "(named after the image for image folders, else 000000.png, ...)")
     p.add_argument("--stats-jsonl", help="write per-frame stats as JSON lines to this file")
@@ -269,6 +271,22 @@ def _show_notices() -> None:
         notice.propagate = False
 
 
+def _run_streams(args: argparse.Namespace, stopper: SignalStop) -> int:
+    from streamer.apps.streams import run_streams
+    from streamer.core.errors import ConfigError
+
+    if args.source or args.output:
+        raise ConfigError("--output-dir runs the sources: listed in --config; do not pass "
+                          "--source or --output with it")
+    if not args.config:
+        raise ConfigError("--output-dir needs --config with a sources: list",
+                          hint="see docs/live.md, section Many cameras")
+    report = run_streams(args.config, _overrides(args), args.output_dir, args.metrics, stopper)
+    if stopper.code is not None:
+        return stopper.code
+    return EXIT_FAILED if report["failed"] else EXIT_OK
+
+
 # Subcommands live in their own modules; each has main(argv) -> exit code.
 SUBCOMMANDS = {
     "eval": "streamer.apps.evaluate",
@@ -302,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from streamer.config import load_config
 
+        if args.output_dir:
+            return _run_streams(args, stopper)
         config = load_config(args.config, _overrides(args))
         source, output = config.source.uri, config.output.path
         if source is None:
@@ -325,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
             return stopper.code
         summary = pipeline.run(on_estimate=_print_estimate)
         print(format_summary(summary))
-        if output:
+        if output and config.output.segment_seconds:
+            print(f"wrote segments to {Path(output).with_suffix('')}/")
+        elif output:
             print(f"wrote {output}")
         skipped = summary["decode_errors"]
         damaged = summary["packets_corrupt"] + summary["frames_corrupt"]

@@ -96,11 +96,13 @@ OUTPUT_FORMATS = ("mp4", "mkv")
 # ------------------------------------------------------------------------ sources and config
 @dataclass
 class SourceSpec:
-    """One input: a file or stream URI, an optional name, and its own configuration."""
+    """One input: a file or stream URI, an optional name, and its own configuration.
+    ``priority`` weighs a live stream's share of parses in one process (streamer.scheduler)."""
 
     uri: str
     config: Config
     name: str | None = None
+    priority: float = 1.0
 
 
 def _is_stream_uri(uri: str) -> bool:
@@ -163,6 +165,9 @@ def _source_item(i: int, item: Any, data: dict[str, Any],
         raise ConfigError(f"{where} must be a URI or a mapping with uri:, got {item!r}")
     overlay = dict(item)
     uri, name = overlay.pop("uri"), overlay.pop("name", None)
+    priority = overlay.pop("priority", 1.0)
+    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not priority > 0:
+        raise ConfigError(f"{where}.priority must be a number above 0, got {priority!r}")
     if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name)):
         raise ConfigError(f"{where}.name must be letters, digits, '.', '-' or '_', got {name!r}")
     if "parser" in overlay:
@@ -174,7 +179,7 @@ def _source_item(i: int, item: Any, data: dict[str, Any],
         raise ConfigError(f"{where} ({uri}): {exc}") from None
     if not _is_stream_uri(uri):
         uri = _absolute(uri)
-    return SourceSpec(uri, config, name)
+    return SourceSpec(uri, config, name, float(priority))
 
 
 def _absolute(uri: str) -> str:

@@ -44,11 +44,18 @@ class RunMetrics:
     frames_corrupt: int = 0
     crops_parsed: int = 0
     crops_reused: int = 0
+    # Live only: frames captured but never shown or written (the display buffer overflowed),
+    # and the rate the source said it delivers.
+    display_dropped: int = 0
+    source_fps: float | None = None
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
     stages: dict[str, deque[float]] = field(
         default_factory=lambda: {s: deque(maxlen=WINDOW) for s in STAGES})
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # Age of the overlay on each shown/written frame: capture of the frame that was parsed
+    # -> the moment a frame carrying that parse is out (what a viewer sees, not display lag).
+    overlay_age: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     recent: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=256))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -61,6 +68,12 @@ class RunMetrics:
             self.frames_written += 1
             self.latency.append((now - capture_time) * 1000.0)
             self.recent.append((now, capture_time))
+
+    def add_overlay(self, parse_capture_time: float) -> None:
+        """Note that a frame showing the parse of a frame captured then is out now."""
+        age = (time.monotonic() - parse_capture_time) * 1000.0
+        with self._lock:
+            self.overlay_age.append(age)
 
     @property
     def elapsed(self) -> float:
@@ -78,6 +91,7 @@ class RunMetrics:
         elapsed = self.elapsed
         with self._lock:
             latency = percentiles(list(self.latency))
+            overlay_age = percentiles(list(self.overlay_age))
         return {
             "frames_read": self.frames_read,
             "frames_parsed": self.frames_parsed,
@@ -91,6 +105,9 @@ class RunMetrics:
             "crops_reused": self.crops_reused,
             "gap_seconds": round(self.gap_seconds, 3),
             "latency_ms": latency,
+            "overlay_age_ms": overlay_age,
+            "display_dropped": self.display_dropped,
+            "source_fps": round(self.source_fps, 3) if self.source_fps else None,
             "stages_ms": {s: percentiles(list(v)) for s, v in self.stages.items()},
             "fps": round(self.frames_written / elapsed, 3) if elapsed > 0 else 0.0,
             "parse_fps": round(self.frames_parsed / elapsed, 3) if elapsed > 0 else 0.0,
@@ -120,6 +137,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"{stage:<12}{q['p50']:>10.1f}{q['p95']:>10.1f}")
     lat = summary["latency_ms"]
     lines.append(f"{'end-to-end':<12}{lat['p50']:>10.1f}{lat['p95']:>10.1f}")
+    age = summary.get("overlay_age_ms")
+    if age is not None:
+        lines.append(f"{'overlay age':<12}{age['p50']:>10.1f}{age['p95']:>10.1f}")
     lines.append(
         f"effective {summary['fps']:.2f} fps written, {summary['parse_fps']:.2f} fps parsed, "
         f"{summary['elapsed_s']:.1f} s")

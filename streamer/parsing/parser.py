@@ -91,9 +91,18 @@ def load_network(model_dir: Path, cfg: M2FPConfig) -> M2FP:
 
 
 class HumanParser:
-    """Runs M2FP through one engine. Not thread-safe: use one per worker thread."""
+    """Runs M2FP through one engine. Not thread-safe: use one per worker thread.
+
+    ``HumanParser.built`` and ``HumanParser.engines_built`` count, for the whole process, the
+    parsers constructed and the engines (compiled networks) they created: what tells how many
+    models a process really holds.
+    """
+
+    built = 0
+    engines_built = 0
 
     def __init__(self, options: ParserOptions) -> None:
+        HumanParser.built += 1
         self.options = options
         self.model_dir = resolve_model_dir(options.model)
         self.cfg = load_model_config(self.model_dir)
@@ -140,6 +149,7 @@ class HumanParser:
                 precision=self.options.precision, perf_hint=self.options.perf_hint,
             )
             self._engines[canvas_hw] = engine
+            HumanParser.engines_built += 1
             if self.single_person and self.options.engine != "torch":
                 self._net = None  # the engine holds its own copy of the weights
         return engine

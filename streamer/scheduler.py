@@ -1,0 +1,239 @@
+"""One loaded model for many live streams: the parse scheduler.
+
+A :class:`ParseScheduler` owns the process's one :class:`~streamer.parsing.parser.HumanParser`
+(and one detector model of each kind asked for) and a single worker thread that runs every
+detect + parse. Each live stream keeps its own reader, tracker, temporal carrier, renderer and
+sinks (a :class:`~streamer.pipeline.Pipeline` given ``scheduler=``); towards the scheduler it
+is a :class:`Lane`: a newest-frame slot that the stream's reader fills, and a ``work``
+callable that detects and parses one frame with that stream's own state.
+
+Which stream is parsed next: among the lanes holding a frame, the one whose shown overlay is
+oldest, weighted by its ``priority`` (age x priority, so priority 2 gets a parse when its
+overlay is half as old as the others'); a lane never parsed comes first. A stream that stalls,
+reconnects or dies has no frame in its slot and is simply not picked, so it never blocks the
+others; its ``work`` raising an error ends that lane alone. Lanes can be added and removed at
+any time.
+
+Example:
+    >>> scheduler = ParseScheduler(HumanParser(config.parser)).start()
+    >>> a = Pipeline(config_a, scheduler=scheduler)   # both share scheduler.parser
+    >>> b = Pipeline(config_b, scheduler=scheduler)
+    >>> ...                                            # run a.run() and b.run() in threads
+    >>> scheduler.stop()
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from streamer.core.types import Frame
+from streamer.io.buffers import BufferPolicy, FrameBuffer
+from streamer.parsing.parser import HumanParser
+from streamer.vision.detect import Detector, DetectorOptions, make_detector
+
+__all__ = ["Lane", "ParseScheduler"]
+
+log = logging.getLogger("streamer.scheduler")
+
+
+class Lane(FrameBuffer):
+    """One stream's newest-frame slot in a :class:`ParseScheduler` (``latest`` policy).
+
+    The stream's reader calls :meth:`put` (a newer frame replaces an unparsed one, counted in
+    ``dropped``), :meth:`finish` at the end, and anyone may :meth:`close` it; the scheduler
+    takes the frame and calls ``work(frame)`` in its own thread. ``on_error`` is called (in the
+    scheduler's thread) with any exception ``work`` raised; the lane is closed then.
+
+    Example:
+        >>> lane = scheduler.add("door", parse_one, priority=2.0)
+        >>> lane.put(frame)        # from the stream's reader thread
+        True
+        >>> scheduler.remove(lane)
+    """
+
+    policy = BufferPolicy.LATEST
+
+    def __init__(self, scheduler: ParseScheduler, name: str, work: Callable[[Frame], Any],
+                 priority: float = 1.0,
+                 on_error: Callable[[BaseException], None] | None = None) -> None:
+        super().__init__(1)
+        if not priority > 0:
+            raise ValueError(f"stream priority must be > 0, not {priority!r}")
+        self._cond = scheduler.condition  # one condition: any lane's frame wakes the worker
+        self.name = name
+        self.work = work
+        self.priority = float(priority)
+        self.on_error = on_error
+        self.added = time.monotonic()
+        self.order = 0
+        self.parses = 0
+        self.parse_seconds = 0.0
+        self.last_capture: float | None = None  # capture time of the frame last parsed
+        self.error: BaseException | None = None
+
+    def put(self, item: Frame) -> bool:
+        with self._cond:
+            if self._closed:
+                return False
+            if self._items:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify_all()
+            return True
+
+    @property
+    def pending(self) -> bool:
+        """Whether a frame waits to be parsed (call with the scheduler's condition held)."""
+        return bool(self._items) and not self._closed
+
+    def take(self) -> Frame | None:
+        """The waiting frame, if any (call with the scheduler's condition held)."""
+        return self._items.popleft() if self._items and not self._closed else None
+
+    def urgency(self, now: float) -> float:
+        """How much this lane needs a parse: the age of its shown overlay x its priority."""
+        if self.last_capture is None:
+            return float("inf")
+        return (now - self.last_capture) * self.priority
+
+    @property
+    def parse_fps(self) -> float:
+        """Parses per second since the lane was added."""
+        elapsed = time.monotonic() - self.added
+        return self.parses / elapsed if elapsed > 0 else 0.0
+
+
+class ParseScheduler:
+    """Runs detect + parse for every live stream in the process on one model and one thread.
+
+    ``parser`` is the one loaded network every stream shares (:attr:`parser`); detector models
+    are shared too, one per kind (:meth:`detector`), while each stream keeps its own tracker.
+    Use as a context manager, or :meth:`start` / :meth:`stop`.
+
+    Example:
+        >>> with ParseScheduler(parser) as scheduler:
+        ...     lane = scheduler.add("cam1", work=lambda frame: parse(frame))
+        ...     lane.put(frame)
+        >>> scheduler.stats()["cam1"]["parses"]
+        1
+    """
+
+    def __init__(self, parser: HumanParser, *, name: str = "streamer-scheduler") -> None:
+        self.parser = parser
+        self.condition = threading.Condition()
+        self._lanes: list[Lane] = []
+        self._detectors: dict[tuple[str, str, str], Detector] = {}
+        self._detector_lock = threading.Lock()
+        self._stop = False
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.parses = 0
+        self.busy_seconds = 0.0
+        self.started = time.monotonic()
+
+    # ----------------------------------------------------------------- lanes
+    def add(self, name: str, work: Callable[[Frame], Any], *, priority: float = 1.0,
+            on_error: Callable[[BaseException], None] | None = None) -> Lane:
+        """A new lane for stream ``name``; ``work(frame)`` detects and parses one frame."""
+        lane = Lane(self, name, work, priority, on_error)
+        with self.condition:
+            lane.order = next(self._order)
+            self._lanes.append(lane)
+            self.condition.notify_all()
+        return lane
+
+    def remove(self, lane: Lane) -> None:
+        """Take ``lane`` out of the schedule (a parse already running on it still finishes)."""
+        lane.close()
+        with self.condition:
+            if lane in self._lanes:
+                self._lanes.remove(lane)
+
+    @property
+    def lanes(self) -> list[Lane]:
+        with self.condition:
+            return list(self._lanes)
+
+    def detector(self, options: DetectorOptions) -> Detector:
+        """The shared detector model for ``options``' kind, built on first use."""
+        key = (options.type, options.torchvision_model, options.torchvision_weights)
+        with self._detector_lock:
+            found = self._detectors.get(key)
+            if found is None:
+                found = self._detectors[key] = make_detector(options)
+            return found
+
+    # ----------------------------------------------------------------- running
+    def start(self) -> ParseScheduler:
+        """Start the worker thread (once)."""
+        if self._thread.ident is None:
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the worker after the parse it is running."""
+        with self.condition:
+            self._stop = True
+            self.condition.notify_all()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> ParseScheduler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _next(self) -> tuple[Lane, Frame] | None:
+        """Wait for the lane most in need of a parse and take its newest frame."""
+        with self.condition:
+            while True:
+                if self._stop:
+                    return None
+                ready = [lane for lane in self._lanes if lane.pending]
+                if ready:
+                    now = time.monotonic()
+                    lane = max(ready, key=lambda la: (la.urgency(now), -la.order))
+                    frame = lane.take()
+                    assert frame is not None
+                    return lane, frame
+                self.condition.wait(1.0)
+
+    def _run(self) -> None:
+        while (picked := self._next()) is not None:
+            lane, frame = picked
+            started = time.perf_counter()
+            try:
+                lane.work(frame)
+            except BaseException as exc:  # one stream's failure ends that stream alone
+                log.warning("stream %s: parsing failed: %s", lane.name, exc)
+                lane.error = exc
+                self.remove(lane)
+                if lane.on_error is not None:
+                    try:
+                        lane.on_error(exc)
+                    except Exception:  # noqa: BLE001 - never let one stream stop the worker
+                        log.exception("stream %s: error handler failed", lane.name)
+                continue
+            spent = time.perf_counter() - started
+            lane.parses += 1
+            lane.parse_seconds += spent
+            lane.last_capture = frame.capture_time
+            self.parses += 1
+            self.busy_seconds += spent
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        """Per lane: parses, parse fps, mean seconds per parse, frames replaced unparsed."""
+        return {lane.name: {
+            "parses": lane.parses,
+            "parse_fps": round(lane.parse_fps, 3),
+            "parse_ms": round(1000 * lane.parse_seconds / lane.parses, 2) if lane.parses else 0.0,
+            "priority": lane.priority,
+            "dropped": lane.dropped,
+        } for lane in self.lanes}

@@ -1,0 +1,347 @@
+"""Many live streams, one model: the parse scheduler, run_stream.py --output-dir, segments.
+
+Real RTSP servers (tests/rtsp_server.py under Debian's GStreamer) on 127.0.0.1, the tiny
+random-weight model, real threads, real files read back with PyAV.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
+
+from streamer.apps.streams import StreamsRun, format_streams_table
+from streamer.batch.runner import SourceSpec
+from streamer.config import load_config
+from streamer.core.types import Frame, VideoInfo
+from streamer.io.segments import SegmentedVideoSink, list_segments
+from streamer.parsing.parser import HumanParser
+from streamer.scheduler import ParseScheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_rtsp = pytest.mark.skipif(rtsp_unavailable_reason() is not None,
+                                reason=str(rtsp_unavailable_reason()))
+
+
+def decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def stream_config(model: Path, *extra: str):
+    return load_config(None, [
+        f"parser.model='{model}'", "parser.engine=torch", "detector.type=full",
+        "source.open_timeout_s=2", "source.read_timeout_s=2", "source.reconnect_base_s=0.2",
+        "source.reconnect_cap_s=0.5", "source.reconnect_max_attempts=40", *extra])
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("streams") / "clip.mp4", frames=50, fps=25)
+
+
+# ------------------------------------------------------------------ the scheduler's policy
+def _frame(index: int) -> Frame:
+    return Frame(index, np.zeros((4, 4, 3), np.uint8), index / 25, time.monotonic())
+
+
+def test_scheduler_weighs_priority_skips_stalled_and_isolates_failures(tiny_single_model):
+    parser = HumanParser(load_config(None, [f"parser.model='{tiny_single_model}'",
+                                            "parser.engine=torch"]).parser)
+    done: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(name: str):
+        def run(frame: Frame) -> None:
+            time.sleep(0.01)  # a stand-in for the parse time: this test is about the policy
+            done.append(name)
+        return run
+
+    def broken(frame: Frame) -> None:
+        raise RuntimeError("bad frame")
+
+    with ParseScheduler(parser) as scheduler:
+        low = scheduler.add("low", work("low"), priority=1)
+        high = scheduler.add("high", work("high"), priority=3)
+        scheduler.add("stalled", work("stalled"))  # never gets a frame
+        bad = scheduler.add("bad", broken, on_error=errors.append)
+        bad.put(_frame(0))
+        stop = time.monotonic() + 1.5
+        i = 0
+        while time.monotonic() < stop:  # both lanes always hold a new frame
+            low.put(_frame(i))
+            high.put(_frame(i))
+            i += 1
+            time.sleep(0.002)
+        assert scheduler.parser is parser
+    assert len(errors) == 1 and bad.error is errors[0] and bad.closed
+    assert "bad" not in [lane.name for lane in scheduler.lanes]
+    assert "stalled" not in done
+    n_low, n_high = done.count("low"), done.count("high")
+    assert n_low > 5 and n_high > 5
+    assert 2.0 < n_high / n_low < 4.5  # age x priority: about three parses to one
+
+
+# ------------------------------------------------------------------ real streams, one process
+@needs_rtsp
+def test_three_streams_share_one_parser_and_each_records(clip, tiny_single_model, tmp_path):
+    config = stream_config(tiny_single_model)
+    servers = [RtspServer(clip, loop=True).start() for _ in range(3)]
+    try:
+        built, engines = HumanParser.built, HumanParser.engines_built
+        run = StreamsRun(config, tmp_path)
+        for i, server in enumerate(servers):
+            run.add(SourceSpec(server.url, config, f"cam{i}"))
+        pipelines = [run.pipeline(f"cam{i}") for i in range(3)]
+        time.sleep(4)
+        run.stop()
+        report = run.wait(timeout=30)
+    finally:
+        for server in servers:
+            server.kill()
+    # What was constructed, not a flag: one parser, one compiled network, one object for all.
+    assert HumanParser.built - built == 1 and HumanParser.engines_built - engines == 1
+    assert all(p.parser is run.parser is run.scheduler.parser for p in pipelines)
+    assert set(report["streams"]) == {"cam0", "cam1", "cam2"}
+    for name, row in report["streams"].items():
+        assert row["error"] is None, row["error"]
+        assert row["frames_parsed"] >= 1 and row["parse_fps"] > 0
+        assert row["overlay_age_ms"]["p95"] >= row["overlay_age_ms"]["p50"] > 0
+        assert row["frames_written"] >= 40  # about 4 s at 25 fps, less connecting
+        out = tmp_path / f"{name}.mkv"
+        assert decoded_frames(out) == row["frames_written"]
+    # Every parse the scheduler ran was one stream's (a parse running when a stream ended
+    # still finishes, after that stream's summary was taken).
+    counted = sum(r["frames_parsed"] for r in report["streams"].values())
+    assert counted <= report["parses"] <= counted + 3
+    table = format_streams_table(report)
+    assert "cam2" in table and "age p95" in table
+
+
+@needs_rtsp
+def test_killed_server_reconnects_while_the_others_keep_going(clip, tiny_single_model,
+                                                              tmp_path):
+    config = stream_config(tiny_single_model)
+    servers = [RtspServer(clip, loop=True).start() for _ in range(3)]
+    try:
+        run = StreamsRun(config, tmp_path)
+        for i, server in enumerate(servers):
+            run.add(SourceSpec(server.url, config, f"cam{i}"))
+        time.sleep(2)
+        servers[0].kill()
+        before = {n: run.pipeline(n).metrics.frames_parsed for n in ("cam1", "cam2")}
+        written = {n: run.pipeline(n).metrics.frames_written for n in ("cam1", "cam2")}
+        time.sleep(2)
+        during = {n: run.pipeline(n).metrics.frames_parsed - before[n] for n in before}
+        grew = {n: run.pipeline(n).metrics.frames_written - written[n] for n in written}
+        servers[0].restart()
+        deadline = time.monotonic() + 15
+        while run.pipeline("cam0").source.stats.reconnects == 0:
+            assert time.monotonic() < deadline, "cam0 did not reconnect"
+            time.sleep(0.1)
+        time.sleep(1.5)
+        run.stop()
+        report = run.wait(timeout=30)
+    finally:
+        for server in servers:
+            server.kill()
+    rows = report["streams"]
+    assert rows["cam0"]["reconnects"] == 1 and rows["cam0"]["error"] is None
+    assert rows["cam0"]["gap_seconds"] > 1.5
+    for name in ("cam1", "cam2"):
+        assert rows[name]["reconnects"] == 0
+        assert during[name] >= 1  # still parsed while cam0 was gone
+        assert grew[name] >= 35  # and still written at about the source's 25 fps
+        assert decoded_frames(tmp_path / f"{name}.mkv") == rows[name]["frames_written"]
+    assert decoded_frames(tmp_path / "cam0.mkv") == rows["cam0"]["frames_written"]
+
+
+@needs_rtsp
+def test_stream_added_and_removed_while_others_run(clip, tiny_single_model, tmp_path):
+    config = stream_config(tiny_single_model)
+    servers = [RtspServer(clip, loop=True).start() for _ in range(3)]
+    try:
+        run = StreamsRun(config, tmp_path)
+        run.add(SourceSpec(servers[0].url, config, "a"))
+        run.add(SourceSpec(servers[1].url, config, "b"))
+        time.sleep(1.5)
+        run.add(SourceSpec(servers[2].url, config, "c"))
+        time.sleep(1.5)
+        removed = run.remove("b")
+        written_a = run.pipeline("a").metrics.frames_written
+        time.sleep(1.5)
+        assert run.names == ["a", "c"]
+        assert run.pipeline("a").metrics.frames_written - written_a >= 25
+        run.stop()
+        report = run.wait(timeout=30)
+    finally:
+        for server in servers:
+            server.kill()
+    assert removed["error"] is None and removed["frames_written"] > 0
+    assert decoded_frames(tmp_path / "b.mkv") == removed["frames_written"]
+    for name in ("a", "c"):
+        assert report["streams"][name]["frames_parsed"] >= 1
+        assert decoded_frames(tmp_path / f"{name}.mkv") == report["streams"][name][
+            "frames_written"]
+
+
+@needs_rtsp
+def test_one_unreachable_stream_fails_alone(clip, tiny_single_model, tmp_path):
+    config = stream_config(tiny_single_model, "source.reconnect_max_attempts=1")
+    with RtspServer(clip, loop=True) as server:
+        run = StreamsRun(config, tmp_path)
+        run.add(SourceSpec(server.url, config, "good"))
+        run.add(SourceSpec(server.url.replace("/stream", "/nothing"), config, "wrong"))
+        time.sleep(3)
+        run.stop()
+        report = run.wait(timeout=30)
+    rows = report["streams"]
+    assert rows["wrong"]["error"] and "/nothing" in rows["wrong"]["error"]
+    assert report["failed"] == ["wrong"]
+    assert rows["good"]["error"] is None and rows["good"]["frames_parsed"] >= 1
+
+
+# ------------------------------------------------------------------ the command line
+@needs_rtsp
+def test_cli_output_dir_segments_and_ctrl_c(clip, tiny_single_model, tmp_path):
+    servers = [RtspServer(clip, loop=True).start() for _ in range(2)]
+    cams = tmp_path / "cams.yaml"
+    cams.write_text(
+        "sources:\n"
+        f"  - {{uri: '{servers[0].url}', name: door}}\n"
+        f"  - {{uri: '{servers[1].url}', name: yard, priority: 2}}\n"
+        f"parser: {{model: '{tiny_single_model}', engine: torch}}\n"
+        "detector: {type: full}\n"
+        "output: {segment_seconds: 1, keep_segments: 3}\n")
+    out, metrics = tmp_path / "out", tmp_path / "m.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_stream.py"), "--config", str(cams), "--output-dir",
+         str(out), "--metrics", str(metrics)], env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        # Until both streams have rotated past their retention limit.
+        while not all(len(list_segments(out / n)) >= 3 for n in ("door", "yard")):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "no segments"
+            time.sleep(0.2)
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for server in servers:
+            server.kill()
+    assert proc.returncode == 130, stderr
+    assert "door" in stdout and "age p95" in stdout
+    report = json.loads(metrics.read_text())
+    for name in ("door", "yard"):
+        row = report["streams"][name]
+        assert set(row["overlay_age_ms"]) == {"p50", "p95"} and row["parse_fps"] > 0
+        assert "fps" in row and "frames_dropped" in row and row["reconnects"] == 0
+        segments = list_segments(out / name)
+        assert 1 <= len(segments) <= 3  # retention deleted the oldest
+        assert row["segments"] == [p.name for p in segments]
+        for segment in segments:  # every segment was finalised, Ctrl-C included
+            assert decoded_frames(segment) >= 1
+    assert report["parsers_built"] == 1 and report["engines_built"] == 1
+
+
+# ------------------------------------------------------------------ segments
+def _write_frames(sink: SegmentedVideoSink, count: int, fps: int = 25) -> None:
+    tb = Fraction(1, 90000)
+    for i in range(count):
+        image = np.full((48, 64, 3), (i * 5) % 256, np.uint8)
+        sink.write(image, i * 90000 // fps, tb)
+
+
+def test_segments_rotate_play_and_retention_deletes_the_oldest(tmp_path):
+    info = VideoInfo(width=64, height=48, fps=25.0, time_base=Fraction(1, 90000), is_live=True)
+    clock = iter(range(1_000, 2_000)).__next__  # distinct, rising start times
+    with SegmentedVideoSink(tmp_path / "cam", info, segment_seconds=1, keep_segments=3,
+                            clock=clock, preset="ultrafast") as sink:
+        _write_frames(sink, 25 * 5)  # five seconds of stream
+    segments = list_segments(tmp_path / "cam")
+    assert len(sink.deleted) == 2 and len(segments) == 3
+    assert sink.deleted[0].name == "19700101-001640.000.mkv"  # the first, oldest, went first
+    assert [p.name for p in segments] == [p.name for p in sink.segments]
+    for segment in segments:
+        assert decoded_frames(segment) == 25
+        with av.open(str(segment)) as container:
+            first = next(container.decode(video=0))
+            assert first.pts == 0  # every segment starts at 0, on a keyframe
+            assert first.key_frame
+    (tmp_path / "cam" / "notes.txt").write_text("not a segment")
+    with SegmentedVideoSink(tmp_path / "cam", info, segment_seconds=1, max_disk_mb=1e-6,
+                            preset="ultrafast", clock=clock) as sink:
+        _write_frames(sink, 50)
+    # Over the size limit, everything but the segment being written goes; other files stay.
+    assert len(list_segments(tmp_path / "cam")) == 1
+    assert (tmp_path / "cam" / "notes.txt").exists()
+
+
+@needs_rtsp
+def test_sigkill_leaves_every_closed_segment_playable(clip, tiny_single_model, tmp_path):
+    with RtspServer(clip, loop=True) as server:
+        out = tmp_path / "rec.mkv"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run_stream.py"), "--source", server.url, "--output",
+             str(out), "--model", str(tiny_single_model), "--engine", "torch", "--detector",
+             "full", "--set", "output.segment_seconds=1", "--no-progress"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while len(list_segments(tmp_path / "rec")) < 4:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if proc.stderr is not None:
+                proc.stderr.close()
+    segments = list_segments(tmp_path / "rec")
+    closed = segments[:-1]  # the last one was being written when the process died
+    assert len(closed) >= 3
+    for segment in closed:
+        assert 20 <= decoded_frames(segment) <= 30  # one second at 25 fps
+
+
+# ------------------------------------------------------------------ single stream
+def test_single_live_run_reports_overlay_age(tmp_path, tiny_single_model, clip):
+    from streamer.pipeline import Pipeline
+
+    config = stream_config(tiny_single_model, "source.realtime=true", "output.progress=false")
+    summary = Pipeline(config, str(clip)).run()
+    age = summary["overlay_age_ms"]
+    assert summary["frames_written"] == 50 and summary["frames_parsed"] >= 1
+    assert 0 < age["p50"] <= age["p95"]
+    # An overlay is never younger than the frame it is written on.
+    assert age["p50"] >= summary["latency_ms"]["p50"]
+
+
+def test_scheduler_refuses_a_file_that_is_not_live(tmp_path, tiny_single_model, clip):
+    from streamer.core.errors import ConfigError
+    from streamer.pipeline import Pipeline
+
+    config = stream_config(tiny_single_model)
+    parser = HumanParser(config.parser)
+    with ParseScheduler(parser) as scheduler:
+        pipeline = Pipeline(config, str(clip), scheduler=scheduler, name="file")
+        with pytest.raises(ConfigError, match="live sources only"):
+            pipeline.run()
