@@ -3,19 +3,22 @@
 The layers, lowest first (docs/layout.md draws the same tree). A module may import its own
 package and any package in a lower layer; packages that share a layer do not import each other.
 
-    0  core                      types, errors, metrics, heap, labels
-    1  io | vision | m2fp        frames in and out | image work around the network | the network
-    2  parsing                   the parser, its engines, the agreement gate, calibration
-    3  config                    the schema, built from the stages' option dataclasses
-    4  pipeline                  the threads that join source, stages and sinks
-    5  apps | batch | serve | testing    the commands (testing: ``python -m streamer.testing...``)
-       streamer | calibrate              the public API (``streamer/__init__.py``) and the
-                                         ``python -m streamer.calibrate`` entry module
+    0  core                 types, errors, metrics, heap, labels
+    1  io | vision | m2fp   frames in and out | image work around the network | the network
+    2  parsing              the parser, its engines, the agreement gate, calibration
+    3  config               the schema, built from the stages' option dataclasses
+    4  pipeline             the threads that join source, stages and sinks
+    5  apps | testing       the commands cli and eval, and apps.common (what every command
+                            shares) | ``python -m streamer.testing.make_model``
+       streamer | calibrate the public API (``streamer/__init__.py``) | the entry module of
+                            ``python -m streamer.calibrate``
+    6  batch | serve        the commands batch and serve (they use apps.common)
 
 The order is the truthful one, read from the imports: parsing reads io (calibration opens
 sources) and vision (crop reuse); config composes the option dataclasses of io, vision and
-parsing; the pipeline reads config; the commands sit on the pipeline. ``apps.cli`` starts the
-other commands by module name (``importlib``), which is no import of them.
+parsing; the pipeline reads config; the commands sit on the pipeline, and batch and serve also
+on apps.common. ``apps.cli`` starts the other commands by module name (``importlib``), which is
+no import of them.
 
 No module reads another module's private names either: no ``from streamer.x import _y``, no
 ``x._y`` on an imported module (or ``getattr(x, "_y")``), and no ``obj._y`` where ``_y`` is a
@@ -43,7 +46,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("parsing",),
     ("config",),
     ("pipeline",),
-    ("apps", "batch", "serve", "testing", "streamer", "calibrate"),
+    ("apps", "testing", "streamer", "calibrate"),
+    ("batch", "serve"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
