@@ -1,4 +1,4 @@
-"""Overlay speed at 1080p: a per-class mask loop against :class:`streamer.render.Renderer`.
+"""Overlay speed at 1080p: a per-class mask loop against :class:`streamer.vision.render.Renderer`.
 
 The loop is the usual first version of a parsing overlay (one boolean mask and one blend per
 class present); the renderer does one table lookup and one blend for the whole frame. Both run

@@ -4,7 +4,7 @@ Every frame of each clip is parsed as the pipeline would parse it if it had the 
 every ``--detector-every`` frames with the tracker carrying the boxes in between; nobody found,
 nothing parsed), by an M2FP with RANDOM WEIGHTS, whose output is still a fixed function of the
 frame and the boxes. Then, for parse intervals 3, 6 and 12, the frames in between are shown as
-the pipeline would show them (:class:`streamer.temporal.Carrier`: ``none``, ``shift``,
+the pipeline would show them (:class:`streamer.vision.temporal.Carrier`: ``none``, ``shift``,
 ``flow``) and compared with that frame's own parse:
 
 - ``agreement[method][skip]``: the fraction of person pixels (labelled in either map) whose

@@ -58,7 +58,7 @@ class ParseConfig:
 
 @dataclass
 class RenderConfig(OverlayStyle):
-    """The overlay, and how a parse is carried to the frames after it (streamer.temporal):
+    """The overlay, and how a parse is carried to the frames after it (streamer.vision.temporal):
     ``propagate`` none | shift | flow, ``stability`` none | majority | blend over
     ``stability_depth`` parses."""
 

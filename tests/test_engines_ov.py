@@ -194,7 +194,7 @@ def test_blob_mapping_reads_the_file_and_faults_on_write(tmp_path):
     blob, view = map_read_only(blob_file)
     release_pages(blob)  # the pages come back from the file when read again
     assert view.flags.writeable and view.tobytes() == blob_file.read_bytes()
-    code = ("import sys; from streamer.engines import map_read_only; "
+    code = ("import sys; from streamer.parsing.engines import map_read_only; "
             "blob, view = map_read_only(sys.argv[1]); view[0] = 1")
     run = subprocess.run([sys.executable, "-c", code, str(blob_file)], capture_output=True)
     assert run.returncode in (-signal.SIGSEGV, -signal.SIGBUS)

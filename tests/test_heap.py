@@ -1,4 +1,4 @@
-"""glibc's heap and video-sized buffers (streamer.heap)."""
+"""glibc's heap and video-sized buffers (streamer.core.heap)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Skipping the parse of a person whose crop barely changed (streamer.reuse.CropMemory)."""
+"""Skipping the parse of a person whose crop barely changed (streamer.vision.reuse.CropMemory)."""
 
 from __future__ import annotations
 

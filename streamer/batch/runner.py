@@ -5,9 +5,9 @@ metrics JSON as ``run_stream.py --source FILE --output OUT --metrics M``; a live
 ``rtsp://`` URL, a webcam, or a file with ``source.realtime: true``) runs until it ends. The
 jobs run on workers that each load the model once and keep it for every job they take:
 
-- without ``--ray``: a process pool on this machine (:class:`~streamer.batch_workers.LocalPool`);
+- without ``--ray``: a process pool on this machine (:class:`~streamer.batch.workers.LocalPool`);
 - with ``--ray [ADDRESS|auto|local]``: Ray actors across a cluster
-  (:class:`~streamer.batch_workers.RayCluster`), one per file worker and one per stream, which
+  (:class:`~streamer.batch.workers.RayCluster`), one per file worker and one per stream, which
   Ray restarts when they die. Ray is optional (``pip install 'streamer[ray]'``).
 
 With N workers on C cores each worker's engine gets C/N intra-op threads. A failed job is
@@ -738,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "cores / workers)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed input "
                    "(default 1); a stream restarted after its worker died counts one")
-    p.add_argument("--config", help="YAML config; may list sources: (see streamer/batch.py)")
+    p.add_argument("--config", help="YAML config; may list sources: (see streamer/batch/runner.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="KEY=VALUE", help="override a config key for every input")
     p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")

@@ -7,7 +7,7 @@ With a decoder, a detector, a parser and an encoder thread passing 1080p frames 
 kept about 170 MB more at peak (full pipeline, 24 frames of a 1080p clip: 1.77 GB -> 1.60 GB).
 
 Example:
-    >>> from streamer.heap import return_large_buffers
+    >>> from streamer.core.heap import return_large_buffers
     >>> return_large_buffers()      # once, early in a process that runs pipelines
     True
 """

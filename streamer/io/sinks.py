@@ -61,7 +61,7 @@ def check_output_path(
         PosixPath('/tmp/out.mp4')
         >>> check_output_path("/no/such/dir/out.mp4")
         Traceback (most recent call last):
-        streamer.errors.SinkError: output folder /no/such/dir does not exist; create it ...
+        streamer.core.errors.SinkError: output folder /no/such/dir does not exist; create it ...
     """
     path = Path(path)
     folder = path.parent

@@ -1,7 +1,7 @@
 """Video sources: files, RTSP streams, webcams and images, all iterables of :class:`Frame`.
 
 Every source is a context manager and an iterable of RGB ``uint8`` frames, knows its
-:class:`~streamer.types.VideoInfo` as ``.info`` once constructed, and counts what happened in
+:class:`~streamer.core.types.VideoInfo` as ``.info`` once constructed, and counts what happened in
 ``.stats`` (:class:`SourceStats`). :func:`open_source` picks the type from the URI itself
 (scheme, device path, image suffix or folder), never from a frame count.
 

@@ -566,7 +566,7 @@ def check_engine_options(engine: str, precision: str = "fp32", perf_hint: str = 
     Example:
         >>> check_engine_options("torch", "int8")
         Traceback (most recent call last):
-        streamer.errors.ConfigError: parser.precision int8 is not available with ...
+        streamer.core.errors.ConfigError: parser.precision int8 is not available with ...
     """
     if engine not in ENGINES:
         raise ConfigError(f"parser.engine must be one of {', '.join(ENGINES)}, not {engine!r}")

@@ -50,7 +50,7 @@ log = logging.getLogger("streamer.parser")
 class ParserOptions:
     """How the network runs (the ``parser`` section of the configuration).
 
-    ``engine`` and ``precision`` pick the runtime (see streamer.engines for the pairs that
+    ``engine`` and ``precision`` pick the runtime (see streamer.parsing.engines for the pairs that
     exist); ``perf_hint`` is OpenVINO's latency or throughput hint; ``threads`` 0 uses all
     cores. The defaults are the fastest pair that agreed with fp32 torch on >= 99.5% of label
     pixels in benchmarks/parse_bench.py on a 2-core AVX-512 CPU; ``python -m streamer.calibrate``

@@ -1567,7 +1567,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "metrics and a web page.",
         epilog="Settings of the service are the serve section of --config (or --set "
         "serve.key=value): token, max_upload_mb, max_pixels, workers, queue, cache_mb, "
-        "redis_url, max_streams, ... See streamer/serve.py (ServeConfig).",
+        "redis_url, max_streams, ... See streamer/serve/service.py (ServeConfig).",
     )
     p.add_argument("--host", help="address to listen on (serve.host, default 127.0.0.1; "
                    "0.0.0.0 opens it to the network)")

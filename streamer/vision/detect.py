@@ -313,7 +313,7 @@ def make_detector(options: DetectorOptions) -> Detector:
 
     Example:
         >>> make_detector(DetectorOptions(type="full"))
-        <streamer.detect.FullFrameDetector object at ...>
+        <streamer.vision.detect.FullFrameDetector object at ...>
     """
     if options.type == "hog":
         return HogDetector()

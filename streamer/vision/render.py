@@ -200,7 +200,7 @@ def _as_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 class Renderer:
-    """Draws a :class:`~streamer.types.ParseResult` over its image. Stateless, thread-safe.
+    """Draws a :class:`~streamer.core.types.ParseResult` over its image. Stateless, thread-safe.
 
     Example:
         >>> renderer = Renderer(OverlayStyle(alpha=0.5, outlines=True))

@@ -6,7 +6,7 @@ Parsing is slower than video, so most frames are shown with the parse of an earl
 
 - ``none``: the last parse as it is;
 - ``shift``: each person's labels move with the person's tracked box
-  (:func:`streamer.propagate.shift_persons`); the tracker moves a box at a steady size, by
+  (:func:`streamer.vision.propagate.shift_persons`); the tracker moves a box at a steady size, by
   the same whole pixels, so a parse made on a detector run, shifted, sits exactly on the crop
   the parser would take on the later frame;
 - ``flow``: each person's labels are warped by dense optical flow (OpenCV's DIS, preset
@@ -248,7 +248,7 @@ def warp_result(result: ParseResult, motions: Mapping[int, Motion]) -> ParseResu
     the higher score wins where they overlap; a person moved out of the frame is dropped; a
     person without a motion stays put. Sampling is nearest-neighbour, so the output holds only
     values of the input. With motions that are offsets only, this is
-    :func:`~streamer.propagate.shift_persons`.
+    :func:`~streamer.vision.propagate.shift_persons`.
 
     Example:
         >>> moved = warp_result(result, {1: Motion((4, 0))})   # person 1: 4 px to the right
@@ -521,7 +521,7 @@ class Carrier:
                  done: int = 0) -> dict[int, tuple[int, int]]:
         """Box motion from ``done`` to ``steps`` frames after the parse, in whole pixels
         (rounded cumulatively, so many small steps add up to the one big step; with
-        :func:`~streamer.types.whole_pixels`, as the tracker rounds its boxes)."""
+        :func:`~streamer.core.types.whole_pixels`, as the tracker rounds its boxes)."""
         def whole(x: float) -> int:
             return int(whole_pixels(x))
 
