@@ -130,19 +130,36 @@ def test_every_module_is_in_a_layer():
                        f"LAYERS here and to docs/layout.md: {loose}")
 
 
-def test_lower_layers_never_import_upper_ones():
+def _layer_violations(module: Module) -> list[str]:
     wrong = []
-    for module in MODULES.values():
-        if module.layer not in RANK:
+    for target, node in _imports(module):
+        layer = _layer_of(target)
+        if layer == module.layer:
             continue
-        for target, node in _imports(module):
-            layer = _layer_of(target)
-            if layer == module.layer:
-                continue
-            if layer not in RANK or RANK[layer] >= RANK[module.layer]:
-                wrong.append(f"{_where(module, node)}: {module.name} (layer {module.layer}) "
-                             f"imports {target} (layer {layer})")
+        if layer not in RANK or RANK[layer] >= RANK[module.layer]:
+            wrong.append(f"{_where(module, node)}: {module.name} (layer {module.layer}) "
+                         f"imports {target} (layer {layer})")
+    return wrong
+
+
+def test_lower_layers_never_import_upper_ones():
+    wrong = [line for m in MODULES.values() if m.layer in RANK for line in _layer_violations(m)]
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name, source, bad", [
+    ("streamer.io.example", "def f():\n    from streamer.pipeline import Pipeline\n", True),
+    ("streamer.io.example", "from streamer.vision import render\n", True),  # a peer
+    ("streamer.core.example", "import streamer.io.sources\n", True),
+    ("streamer.parsing.example", "from streamer.io.sources import open_source\n", False),
+    ("streamer.io.example", "from . import buffers\n", False),
+    ("streamer.io.example", "from ..config import Config\n", True),
+])
+def test_the_layer_check_sees(name, source, bad):
+    # The check itself, on small made-up modules (lazy and relative imports included).
+    path = PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py")
+    module = Module(name, path, ast.parse(source))
+    assert bool(_layer_violations(module)) is bad
 
 
 def test_the_layers_are_the_real_order():
