@@ -139,7 +139,7 @@ def _layer_violations(module: Module) -> list[str]:
         if layer not in RANK or RANK[layer] >= RANK[module.layer]:
             wrong.append(f"{_where(module, node)}: {module.name} (layer {module.layer}) "
                          f"imports {target} (layer {layer})")
-    return wrong
+    return list(dict.fromkeys(wrong))  # one line per import, not per imported name
 
 
 def test_lower_layers_never_import_upper_ones():
