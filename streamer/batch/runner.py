@@ -55,6 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from streamer.apps.common import yaml_quote
 from streamer.batch.workers import (
     ClusterError,
     HostCheckError,
@@ -783,8 +784,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     for key, value in (("parser.model", args.model), ("parser.engine", args.engine),
                        ("detector.type", args.detector)):
         if value is not None:
-            quoted = "'" + value.replace("'", "''") + "'"  # YAML keeps the path as text
-            out.append(f"{key}={quoted}")
+            out.append(f"{key}={yaml_quote(value)}")
     return out
 
 

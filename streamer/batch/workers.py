@@ -12,7 +12,7 @@ backends run several of them:
   restarts an actor that dies (``max_restarts``), and the job it was running is retried on a
   live worker (a stream reopens, that is, reconnects, in its restarted actor).
 
-Both answer the same four calls, driven by :class:`streamer.batch.BatchRunner`:
+Both answer the same four calls, driven by :class:`streamer.batch.runner.BatchRunner`:
 ``try_submit(job, attempt)``, ``poll(timeout) -> [Outcome]``, ``stop()`` and ``close()``.
 Ray is imported only by :class:`RayCluster`, so the rest works without it.
 
