@@ -98,7 +98,8 @@ OUTPUT_FORMATS = ("mp4", "mkv")
 @dataclass
 class SourceSpec:
     """One input: a file or stream URI, an optional name, and its own configuration.
-    ``priority`` weighs a live stream's share of parses in one process (streamer.parsing.scheduler)."""
+    ``priority`` weighs a live stream's share of parses in one process
+    (streamer.parsing.scheduler)."""
 
     uri: str
     config: Config
