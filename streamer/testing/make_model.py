@@ -50,11 +50,15 @@ def _perturb_constants(net: nn.Module, generator: torch.Generator) -> None:
             m.bias.copy_(rand(m.bias.shape, -0.2, 0.2))
         elif hasattr(m, "sampling_offsets") and hasattr(m, "attention_weights"):
             # Deformable attention starts with query-independent offsets and uniform weights.
-            m.sampling_offsets.weight.copy_(rand(m.sampling_offsets.weight.shape, -1, 1) * 0.02)
-            m.sampling_offsets.bias.add_(rand(m.sampling_offsets.bias.shape, -0.5, 0.5))
-            m.attention_weights.weight.copy_(
-                rand(m.attention_weights.weight.shape, -1, 1) * 0.05)
-            m.attention_weights.bias.copy_(rand(m.attention_weights.bias.shape, -1, 1))
+            # (get_parameter: these modules are found by name, in ours and ModelScope's net.)
+            offsets_w = m.get_parameter("sampling_offsets.weight")
+            offsets_b = m.get_parameter("sampling_offsets.bias")
+            weights_w = m.get_parameter("attention_weights.weight")
+            weights_b = m.get_parameter("attention_weights.bias")
+            offsets_w.copy_(rand(offsets_w.shape, -1, 1) * 0.02)
+            offsets_b.add_(rand(offsets_b.shape, -0.5, 0.5))
+            weights_w.copy_(rand(weights_w.shape, -1, 1) * 0.05)
+            weights_b.copy_(rand(weights_b.shape, -1, 1))
         elif isinstance(m, nn.MultiheadAttention) and m.in_proj_bias is not None:
             m.in_proj_bias.copy_(rand(m.in_proj_bias.shape, -0.05, 0.05))
         if isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
@@ -65,13 +69,13 @@ def _perturb_constants(net: nn.Module, generator: torch.Generator) -> None:
 @torch.no_grad()
 def _damp_decoder_residuals(net: nn.Module, factor: float) -> None:
     """Shrink the decoder's residual branches so that the queries keep their identity."""
-    predictor = net.sem_seg_head.predictor
-    for layer in predictor.transformer_self_attention_layers:
-        layer.self_attn.out_proj.weight.mul_(factor)
-    for layer in predictor.transformer_cross_attention_layers:
-        layer.multihead_attn.out_proj.weight.mul_(factor)
-    for layer in predictor.transformer_ffn_layers:
-        layer.linear2.weight.mul_(factor)
+    predictor = net.get_submodule("sem_seg_head.predictor")
+    for layers, weight in (("transformer_self_attention_layers", "self_attn.out_proj.weight"),
+                           ("transformer_cross_attention_layers",
+                            "multihead_attn.out_proj.weight"),
+                           ("transformer_ffn_layers", "linear2.weight")):
+        for layer in predictor.get_submodule(layers).children():
+            layer.get_parameter(weight).mul_(factor)
 
 
 @torch.no_grad()
@@ -81,10 +85,11 @@ def _recalibrate_batchnorm(net: nn.Module, generator: torch.Generator, batches: 
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
-    net.backbone.train()
+    backbone = net.get_submodule("backbone")
+    backbone.train()
     for _ in range(batches):
         images = smooth_random_images(2, 256, 192, generator)
-        net.backbone((images - net.pixel_mean) / net.pixel_std)
+        backbone((images - net.get_buffer("pixel_mean")) / net.get_buffer("pixel_std"))
     net.eval()
     for bn in bns:
         bn.momentum = 0.1
@@ -104,23 +109,25 @@ def _calibrate_heads(
     enough for the multi-person score thresholds). The attention masks depend on these heads,
     so a few rounds let it settle.
     """
-    predictor = net.sem_seg_head.predictor
-    mask_layer, class_layer = predictor.mask_embed.layers[-1], predictor.class_embed
+    predictor = net.get_submodule("sem_seg_head.predictor")
+    mask_embed = predictor.get_submodule("mask_embed")
+    mask_layer = list(mask_embed.get_submodule("layers").children())[-1]
+    class_layer = predictor.get_submodule("class_embed")
     image = smooth_random_images(1, 256, 192, generator)
     captured: dict[str, torch.Tensor] = {}
-    handle = predictor.mask_embed.register_forward_hook(
+    handle = mask_embed.register_forward_hook(
         lambda _m, _i, out: captured.__setitem__("embed", out))
     try:
         for _ in range(rounds):
             logits, _ = forward(image)
-            mask_layer.bias.sub_(captured["embed"].mean(dim=(0, 1)))
-            class_layer.bias.sub_(logits.mean(dim=(0, 1)))
+            mask_layer.get_parameter("bias").sub_(captured["embed"].mean(dim=(0, 1)))
+            class_layer.get_parameter("bias").sub_(logits.mean(dim=(0, 1)))
             logits, masks = forward(image)
             for layer, std, value in ((mask_layer, mask_std, masks.std()),
                                       (class_layer, class_std, logits.std(dim=1).mean())):
                 scale = std / float(value.clamp_min(1e-6))
-                layer.weight.mul_(scale)
-                layer.bias.mul_(scale)
+                layer.get_parameter("weight").mul_(scale)
+                layer.get_parameter("bias").mul_(scale)
     finally:
         handle.remove()
 
