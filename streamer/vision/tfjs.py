@@ -64,7 +64,7 @@ def read_weights(model_json: Path) -> dict[str, np.ndarray]:
                 raise ModelError(f"{model_json}: the weight files end before {entry['name']} "
                                  "(truncated download?)",
                                  hint="fetch the detectors again: run_stream.py fetch detectors")
-            raw = np.frombuffer(blob, stored, count, offset).reshape(shape)
+            raw: np.ndarray = np.frombuffer(blob, stored, count, offset).reshape(shape)
             offset += size
             target = _dtype(entry["dtype"], model_json)
             if quant and "scale" in quant:  # affine uint8/uint16 quantisation
@@ -167,7 +167,7 @@ def graph_def_bytes(model_json: Path) -> bytes:
         if tensor.dtype not in _TF_DTYPES:
             raise ModelError(f"{model_json}: constant {node.name} has an unsupported dtype")
         # TF.js stores int64 as int32: back to the dtype the graph declares.
-        value = np.array(weights[node.name], _TF_DTYPES[tensor.dtype], order="C")  # keeps 0-d
+        value: np.ndarray = np.array(weights[node.name], _TF_DTYPES[tensor.dtype], order="C")  # keeps 0-d
         tensor.ClearField("tensor_shape")
         tensor.tensor_shape.SetInParent()
         for size in value.shape:
