@@ -37,6 +37,9 @@ class M2FP(nn.Module):
         torch.Size([1, 100, 128, 96])
     """
 
+    pixel_mean: torch.Tensor  # buffers, registered in __init__
+    pixel_std: torch.Tensor
+
     def __init__(self, cfg: M2FPConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -28,7 +28,7 @@ class Placement:
 def resize_rgb(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if image.shape[0] == height and image.shape[1] == width:
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
 def fit_single(h: int, w: int, canvas_hw: tuple[int, int]) -> tuple[int, int]:

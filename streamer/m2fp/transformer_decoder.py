@@ -126,7 +126,8 @@ class MaskedTransformerDecoder(nn.Module):
         small = None if self.reference_order else [
             F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False)
             for size in sizes]
-        attn_mask = self._attention_mask(output, mask_features, sizes[0], small and small[0])
+        attn_mask = self._attention_mask(output, mask_features, sizes[0],
+                                         None if small is None else small[0])
         for i in range(self.num_layers):
             level = i % self.num_levels
             output = self.transformer_cross_attention_layers[i](
@@ -136,7 +137,7 @@ class MaskedTransformerDecoder(nn.Module):
             if i + 1 < self.num_layers:
                 nxt = (i + 1) % self.num_levels
                 attn_mask = self._attention_mask(
-                    output, mask_features, sizes[nxt], small and small[nxt])
+                    output, mask_features, sizes[nxt], None if small is None else small[nxt])
         decoded = self.decoder_norm(output).transpose(0, 1)
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(decoded), mask_features)
         return self.class_embed(decoded), masks

@@ -77,7 +77,7 @@ NetSource = M2FP | Callable[[], M2FP]
 
 
 def materialise(net: NetSource) -> M2FP:
-    return net if isinstance(net, torch.nn.Module) else net()
+    return net if isinstance(net, M2FP) else net()
 
 
 class Engine(Protocol):
