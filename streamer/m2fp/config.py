@@ -76,6 +76,13 @@ class M2FPConfig:
     canvas_hw: tuple[int, int] | None
 
     @property
+    def single_canvas_hw(self) -> tuple[int, int]:
+        """``canvas_hw`` of a single-person model (a multi-person one has none)."""
+        if self.canvas_hw is None:
+            raise ModelError("a multi-person model has no single-person canvas")
+        return self.canvas_hw
+
+    @property
     def variant(self) -> str:
         return "single" if self.single_human else "multi"
 

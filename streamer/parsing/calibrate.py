@@ -309,7 +309,7 @@ def calibrate(
         raise ConfigError("streamer.calibrate calibrates the single-person model (person "
                           "crops); this model parses whole frames",
                           hint="pass a single-person model directory with --model")
-    canvas_hw = parser.cfg.canvas_hw
+    canvas_hw = parser.cfg.single_canvas_hw
     checkpoint = parser.model_dir / CHECKPOINT_FILE
     found = find_person_crops(sources, crops + held_out, detector)
     if len(found) < 2:

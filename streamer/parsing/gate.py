@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -114,12 +115,13 @@ def choose(results: Sequence[Measurement],
         'torch'
     """
     check_min_agreement(min_agreement)
-    passing = [m for m in results if m.passes(min_agreement) and m.median_s is not None]
-    return min(passing, key=lambda m: m.median_s) if passing else None
+    passing = [(m.median_s, m) for m in results
+               if m.passes(min_agreement) and m.median_s is not None]
+    return min(passing, key=lambda timed: timed[0])[1] if passing else None
 
 
 def measure(
-    model: str | Path,
+    model: str | os.PathLike[str],
     candidates: Sequence[Candidate],
     crops: Sequence[np.ndarray],
     *,

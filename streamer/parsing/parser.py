@@ -157,7 +157,7 @@ class HumanParser:
     def warm_up(self, frame_hw: tuple[int, int] | None = None) -> None:
         """Build (or load) the engine ahead of the first frame, so it is not timed as a parse."""
         if self.single_person:
-            self.engine_for(self.cfg.canvas_hw)
+            self.engine_for(self.cfg.single_canvas_hw)
         elif frame_hw is not None:
             self.engine_for(multi_canvas_hw(*frame_hw))
 
@@ -219,7 +219,7 @@ class HumanParser:
 
     def parse_crops(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         """Label maps (uint8, each the size of its crop) for person crops, batched."""
-        canvas_hw = self.cfg.canvas_hw
+        canvas_hw = self.cfg.single_canvas_hw
         engine = self.engine_for(canvas_hw)
         out: list[np.ndarray] = []
         bs = self.options.batch_size
