@@ -244,7 +244,7 @@ def _print_estimate(text: str) -> None:
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after set-up)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -324,10 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (output or out.show or out.metrics or out.labels_dir or out.stats_jsonl):
             raise ConfigError("nothing to do: pass --output FILE, --show, --labels-out DIR, "
                               "--stats-jsonl FILE or --metrics FILE")
-        photo = bool(output) and Path(output).suffix.lower() in IMAGE_OUTPUTS
-        check_outputs(config, photo=photo)
-        if photo:
-            _parse_photo(config, str(source), output)
+        photo_out = output if output and Path(output).suffix.lower() in IMAGE_OUTPUTS else None
+        check_outputs(config, photo=photo_out is not None)
+        if photo_out is not None:
+            _parse_photo(config, str(source), photo_out)
             return EXIT_OK
 
         from streamer.core.metrics import format_summary

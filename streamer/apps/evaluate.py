@@ -429,7 +429,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
 
         detector = make_detector(options, still=True)
     total = Confusion(len(parser.classes))
-    per_image = []
+    per_image: list[ImageScore] = []
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(LabelMapSink(labels_out)) if labels_out else None
         for image_path, label_path in pairs:

@@ -297,7 +297,7 @@ class FileSource(Source):
                 hint="check that it is a complete video file FFmpeg can play",
             ) from None
         if not self._container.streams.video:
-            kinds = sorted({s.type for s in self._container.streams}) or ["no streams"]
+            kinds: list[str] = sorted({s.type for s in self._container.streams}) or ["no streams"]
             self._container.close()
             raise SourceError(
                 f"{uri} has no video stream (it holds {', '.join(kinds)})",
@@ -454,10 +454,12 @@ class RtspSource(Source):
         ...         print(frame.index, frame.timestamp, source.stats.reconnects)
     """
 
+    #: The open PyAV container; None before connecting and between connections.
+    _container: Any = None
+
     def __init__(self, uri: str, options: SourceOptions | None = None) -> None:
         super().__init__(uri, options)
         self._no_start()
-        self._container: Any = None
         self._pending: list[Any] = []
         self._connect_with_retries(first=True)
         stream = self._container.streams.video[0]
