@@ -26,10 +26,13 @@ import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from enum import Enum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from streamer.core.errors import ConfigError
 from streamer.core.types import Frame
+
+#: What a buffer carries: decoded frames, or what a stage made of them.
+T = TypeVar("T")
 
 __all__ = [
     "BufferPolicy",
@@ -76,7 +79,7 @@ def default_policy(is_live: bool) -> BufferPolicy:
     return BufferPolicy.LATEST if is_live else BufferPolicy.WAIT
 
 
-class FrameBuffer:
+class FrameBuffer(Generic[T]):
     """A thread-safe hand-off from one producer to one consumer; see :func:`make_buffer`.
 
     Producer side: :meth:`put` (``False`` once the buffer is closed) and :meth:`finish`
@@ -98,7 +101,7 @@ class FrameBuffer:
             raise ConfigError(f"buffer size must be at least 1, not {maxsize}")
         self.maxsize = maxsize
         self.dropped = 0
-        self._items: deque[Any] = deque()
+        self._items: deque[T] = deque()
         self._cond = threading.Condition()
         self._finished = False
         self._closed = False
@@ -113,7 +116,7 @@ class FrameBuffer:
         """Whether :meth:`close` was called (the consumer gave up)."""
         return self._closed
 
-    def put(self, item: Frame) -> bool:  # pragma: no cover - abstract
+    def put(self, item: T) -> bool:  # pragma: no cover - abstract
         """Hand over ``item``; ``False`` if the buffer was closed and the producer should stop."""
         raise NotImplementedError
 
@@ -131,7 +134,7 @@ class FrameBuffer:
             self._items.clear()
             self._cond.notify_all()
 
-    def get(self, timeout: float | None = None) -> Frame | None:
+    def get(self, timeout: float | None = None) -> T | None:
         """The next frame; ``None`` at the end of the stream.
 
         Raises the producer's exception if the stream ended with one (after any frames still
@@ -152,12 +155,12 @@ class FrameBuffer:
             return None
 
 
-class WaitBuffer(FrameBuffer):
+class WaitBuffer(FrameBuffer[T]):
     """The ``wait`` policy: a bounded FIFO; a full buffer blocks the producer, nothing drops."""
 
     policy = BufferPolicy.WAIT
 
-    def put(self, item: Frame) -> bool:
+    def put(self, item: T) -> bool:
         with self._cond:
             self._cond.wait_for(lambda: len(self._items) < self.maxsize or self._closed)
             if self._closed:
@@ -167,7 +170,7 @@ class WaitBuffer(FrameBuffer):
             return True
 
 
-class LatestBuffer(FrameBuffer):
+class LatestBuffer(FrameBuffer[T]):
     """The ``latest`` policy: holds only the newest frame; each replaced frame counts as dropped."""
 
     policy = BufferPolicy.LATEST
@@ -175,7 +178,7 @@ class LatestBuffer(FrameBuffer):
     def __init__(self, maxsize: int = 1) -> None:
         super().__init__(1)
 
-    def put(self, item: Frame) -> bool:
+    def put(self, item: T) -> bool:
         with self._cond:
             if self._closed:
                 return False
@@ -187,7 +190,7 @@ class LatestBuffer(FrameBuffer):
             return True
 
 
-class DropOldestBuffer(FrameBuffer):
+class DropOldestBuffer(FrameBuffer[T]):
     """A bounded FIFO that discards its oldest item when full; used for live display.
 
     Example:
@@ -198,7 +201,7 @@ class DropOldestBuffer(FrameBuffer):
 
     policy = BufferPolicy.LATEST
 
-    def put(self, item: Any) -> bool:
+    def put(self, item: T) -> bool:
         with self._cond:
             if self._closed:
                 return False
@@ -210,8 +213,8 @@ class DropOldestBuffer(FrameBuffer):
             return True
 
 
-def make_buffer(policy: BufferPolicy | str, maxsize: int = 8) -> FrameBuffer:
-    """A buffer for the named policy. ``maxsize`` bounds ``wait``; ``latest`` always keeps one.
+def make_buffer(policy: BufferPolicy | str, maxsize: int = 8) -> FrameBuffer[Any]:
+    """A buffer (of any item type) for the named policy. ``maxsize`` bounds ``wait``; ``latest`` always keeps one.
 
     Example:
         >>> make_buffer("latest").policy, make_buffer(BufferPolicy.WAIT, maxsize=4).maxsize
