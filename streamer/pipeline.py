@@ -139,9 +139,10 @@ class Pipeline:
     ) -> None:
         self.config = config
         self.overlap_detection = overlap_detection
-        self.uri = source if source is not None else config.source.uri
-        if self.uri is None or str(self.uri) == "":
+        uri = source if source is not None else config.source.uri
+        if uri is None or str(uri) == "":
             raise ConfigError("no source given: pass --source or set source.uri")
+        self.uri: str = uri
         self.metrics = RunMetrics()
         self.scheduler = scheduler
         self.name = name or str(self.uri)
@@ -155,6 +156,7 @@ class Pipeline:
         self._lane: FrameBuffer | None = None
         self._latest_lock = threading.Lock()
         self._warned_sizes: set[tuple[int, int]] = set()
+        self._worker_error: BaseException | None = None
         self._hurry = False
         self._video: VideoFileSink | None = None
         self.policy: BufferPolicy | None = None
@@ -359,7 +361,7 @@ class Pipeline:
     def items(self) -> Iterator[Parsed]:
         """Every output frame with its parse result, in order."""
         cfg = self.config
-        self._worker_error: BaseException | None = None
+        self._worker_error = None
         source = open_source(self.uri, cfg.source)
         self._source = source
         try:
@@ -436,7 +438,7 @@ class Pipeline:
 
     def _items_live(self, source: Source) -> Iterator[Parsed]:
         cfg = self.config
-        display = DropOldestBuffer(cfg.buffer.size)
+        display: DropOldestBuffer[Frame] = DropOldestBuffer(cfg.buffer.size)
         if self.scheduler is not None:
             parse_slot: FrameBuffer = self._join_scheduler(self.scheduler, display)
         else:
