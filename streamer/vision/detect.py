@@ -228,7 +228,7 @@ class HogDetector:
         self.group_threshold = group_threshold
         self.nms_iou = nms_iou
         self._hog = cv2.HOGDescriptor()
-        self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector()))
 
     def detect(self, image: np.ndarray) -> list[Box]:
         h, w = image.shape[:2]
@@ -247,8 +247,8 @@ class HogDetector:
             padding=self.padding, scale=self.scale, groupThreshold=self.group_threshold)
         if len(rects) == 0:
             return []
-        rects = np.asarray(rects, np.float64).reshape(-1, 4)
-        xyxy = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1) / factor
+        xywh = np.asarray(rects, np.float64).reshape(-1, 4)
+        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1) / factor
         scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float64).ravel()))
         good = scores >= self.score_threshold
         xyxy, scores = xyxy[good], scores[good]
@@ -574,7 +574,7 @@ class IouTracker:
                     free_t[ti] = False
                     det_track[di] = ti
         matched = set(det_track[det_track >= 0].tolist())
-        for di in np.flatnonzero(det_track >= 0):
+        for di in np.flatnonzero(det_track >= 0).tolist():
             self._refresh(self.tracks[det_track[di]], dets[di], frame)
         survivors = []
         for ti, track in enumerate(self.tracks):
@@ -583,7 +583,7 @@ class IouTracker:
                 if track.missed > self.max_missed:
                     continue
             survivors.append(track)
-        for di in np.flatnonzero(det_track < 0):  # new people, in the order of ``boxes``
+        for di in np.flatnonzero(det_track < 0).tolist():  # new people, in the order of ``boxes``
             survivors.append(_Track(self._next_id, dets[di, :4].copy(), frame,
                                     float(dets[di, 4])))
             self._next_id += 1
