@@ -214,7 +214,8 @@ class DropOldestBuffer(FrameBuffer[T]):
 
 
 def make_buffer(policy: BufferPolicy | str, maxsize: int = 8) -> FrameBuffer[Any]:
-    """A buffer (of any item type) for the named policy. ``maxsize`` bounds ``wait``; ``latest`` always keeps one.
+    """A buffer (of any item type) for the named policy. ``maxsize`` bounds ``wait``;
+    ``latest`` always keeps one.
 
     Example:
         >>> make_buffer("latest").policy, make_buffer(BufferPolicy.WAIT, maxsize=4).maxsize

@@ -236,7 +236,10 @@ class VideoFileSink:
         except (av.FFmpegError, OSError) as exc:
             raise _write_failed(self.path, exc) from None
         try:
-            self._stream = self._out.add_stream(codec, rate=fps)
+            stream = self._out.add_stream(codec, rate=fps)
+            if not isinstance(stream, av.VideoStream):
+                raise ValueError("not a video codec")
+            self._stream = stream
         except (av.FFmpegError, ValueError) as exc:
             self._out.close()
             raise SinkError(
@@ -360,7 +363,7 @@ class VideoFileSink:
             # without the encoder-side reformat; it was half the codec overhead at 720p.
             import cv2
 
-            planes = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+            planes: np.ndarray = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
             return av.VideoFrame.from_ndarray(planes, format="yuv420p")
         return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
 
@@ -728,7 +731,7 @@ class LabelMapSink:
             keys = sorted(pending)
             path = self.directory / f"{prefix}_{keys[0]}-{keys[-1]}.npz"
             try:
-                np.savez_compressed(path, **pending)
+                np.savez_compressed(path, **pending)  # type: ignore[arg-type]  # keys: indices
             except OSError as exc:
                 raise _write_failed(path, exc) from None
             finally:
@@ -771,7 +774,10 @@ def load_label_maps(directory: str | os.PathLike[str],
             found.extend((int(key), path, key) for key in data.files)
     for index, path, key in sorted(found, key=lambda item: item[0]):
         if key is None:
-            yield index, cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            labels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if labels is None:
+                raise SinkError(f"cannot read the label map {path}")
+            yield index, labels
         else:
             with np.load(path) as data:
                 yield index, data[key]

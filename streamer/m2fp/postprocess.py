@@ -111,7 +111,8 @@ def paint_instances(
         return out
     # Descending weights: argmax over k of (mask > 0) * weight picks the first positive one.
     weights = torch.arange(len(instances), 0, -1, dtype=torch.float32)[:, None, None]
-    lookup: np.ndarray = torch.cat([torch.zeros(1, dtype=values.dtype), values]).numpy().astype(dtype)
+    lookup: np.ndarray = torch.cat([torch.zeros(1, dtype=values.dtype),
+                                    values]).numpy().astype(dtype)
     rows = max(1, STRIP_ELEMENTS // max(1, len(instances) * ow))
     for r0, r1, sampled in _sample_strips(instances.masks, canvas_hw, box, out_hw, rows):
         hit = (sampled > 0).float() * weights

@@ -167,7 +167,8 @@ def graph_def_bytes(model_json: Path) -> bytes:
         if tensor.dtype not in _TF_DTYPES:
             raise ModelError(f"{model_json}: constant {node.name} has an unsupported dtype")
         # TF.js stores int64 as int32: back to the dtype the graph declares.
-        value: np.ndarray = np.array(weights[node.name], _TF_DTYPES[tensor.dtype], order="C")  # keeps 0-d
+        value: np.ndarray = np.array(weights[node.name], _TF_DTYPES[tensor.dtype],
+                                     order="C")  # keeps 0-d
         tensor.ClearField("tensor_shape")
         tensor.tensor_shape.SetInParent()
         for size in value.shape:
