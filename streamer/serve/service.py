@@ -765,6 +765,8 @@ class StreamHandle:
                     self.state = "running"
                     self.first_frame.set()
                 self.pipeline.metrics.add_output(item.frame.capture_time)
+                if item.parse_capture is not None:
+                    self.pipeline.metrics.add_overlay(item.parse_capture)
                 self.slot.publish(item)
             self.state = "stopped" if self._stop_requested else "finished"
         except StreamerError as exc:
