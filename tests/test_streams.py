@@ -345,3 +345,25 @@ def test_scheduler_refuses_a_file_that_is_not_live(tmp_path, tiny_single_model, 
         pipeline = Pipeline(config, str(clip), scheduler=scheduler, name="file")
         with pytest.raises(ConfigError, match="live sources only"):
             pipeline.run()
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_priority_and_missing_config_are_one_line_errors(tmp_path, capsys):
+    from streamer.apps.cli import main
+    from streamer.batch.runner import load_sources
+    from streamer.core.errors import ConfigError
+
+    cams = tmp_path / "cams.yaml"
+    cams.write_text("sources:\n  - {uri: 'rtsp://127.0.0.1:1/a', priority: 0}\n")
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.priority must be a number above 0"):
+        load_sources(str(cams), [], [])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # main() installs its Ctrl-C handler: give pytest its own back afterwards
+        assert main(["--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --output-dir needs --config") and err.count("\n") == 1
+        assert main(["--config", str(cams), "--output-dir", str(tmp_path / "out")]) == 2
+        assert "priority" in capsys.readouterr().err
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
