@@ -367,3 +367,38 @@ def test_bad_priority_and_missing_config_are_one_line_errors(tmp_path, capsys):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+@needs_rtsp
+def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny_single_model,
+                                                                      tmp_path):
+    bigger = make_clip(tmp_path / "bigger.mp4", frames=50, size=(320, 240), fps=25)
+    config = stream_config(tiny_single_model)
+    servers = [RtspServer(clip, loop=True).start() for _ in range(2)]
+    try:
+        run = StreamsRun(config, tmp_path)
+        run.add(SourceSpec(servers[0].url, config, "changes"))
+        run.add(SourceSpec(servers[1].url, config, "steady"))
+        time.sleep(1.5)
+        written = run.pipeline("steady").metrics.frames_written
+        servers[0].kill()
+        servers[0].clip = bigger  # the camera comes back at another resolution
+        servers[0].restart()
+        deadline = time.monotonic() + 20
+        while True:  # until a parse of the new size is what cam "changes" shows
+            latest = run.pipeline("changes").latest()
+            if latest is not None and latest.frame.image.shape[:2] == (240, 320):
+                break
+            assert time.monotonic() < deadline, "no parse at the new resolution"
+            time.sleep(0.1)
+        steady_grew = run.pipeline("steady").metrics.frames_written - written
+        run.stop()
+        report = run.wait(timeout=30)
+    finally:
+        for server in servers:
+            server.kill()
+    rows = report["streams"]
+    assert rows["changes"]["reconnects"] == 1 and rows["changes"]["error"] is None
+    assert rows["steady"]["reconnects"] == 0 and steady_grew >= 25
+    for name in ("changes", "steady"):  # the recording keeps its first size, and plays
+        assert decoded_frames(tmp_path / f"{name}.mkv") == rows[name]["frames_written"]
