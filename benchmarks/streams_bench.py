@@ -79,8 +79,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path) -> dict:
+    from streamer.apps.inputs import SourceSpec
     from streamer.apps.streams import StreamsRun
-    from streamer.batch.runner import SourceSpec
     from streamer.config import load_config
     from streamer.parsing.parser import HumanParser
     from streamer.pipeline import Pipeline

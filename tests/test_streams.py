@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
 
+from streamer.apps.inputs import SourceSpec
 from streamer.apps.streams import StreamsRun, format_streams_table
-from streamer.batch.runner import SourceSpec
 from streamer.config import load_config
 from streamer.core.types import Frame, VideoInfo
 from streamer.io.segments import SegmentedVideoSink, list_segments
@@ -350,7 +350,7 @@ def test_scheduler_refuses_a_file_that_is_not_live(tmp_path, tiny_single_model, 
 # ------------------------------------------------------------------ bad input
 def test_bad_priority_and_missing_config_are_one_line_errors(tmp_path, capsys):
     from streamer.apps.cli import main
-    from streamer.batch.runner import load_sources
+    from streamer.apps.inputs import load_sources
     from streamer.core.errors import ConfigError
 
     cams = tmp_path / "cams.yaml"
