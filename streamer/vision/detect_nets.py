@@ -253,11 +253,24 @@ def _anchor(keypoints: np.ndarray, min_score: float) -> np.ndarray | None:
     return None
 
 
+def _taken(xyxy: np.ndarray, others: Sequence[Box], iou: float, containment: float) -> bool:
+    """Whether the box ``xyxy`` is one of ``others``' person: IoU over ``iou`` with one, or
+    more than ``containment`` of one inside it."""
+    if not len(others):
+        return False
+    theirs = np.array([[b.x0, b.y0, b.x1, b.y1] for b in others], np.float64)
+    iw = np.clip(np.minimum(theirs[:, 2], xyxy[2]) - np.maximum(theirs[:, 0], xyxy[0]), 0, None)
+    ih = np.clip(np.minimum(theirs[:, 3], xyxy[3]) - np.maximum(theirs[:, 1], xyxy[1]), 0, None)
+    area = np.maximum((theirs[:, 2] - theirs[:, 0]) * (theirs[:, 3] - theirs[:, 1]), 1e-9)
+    return bool((iou_matrix(xyxy[None], theirs)[0] > iou).any()
+                or (iw * ih / area > containment).any())
+
+
 def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
                        min_score: float = 0.15, min_keypoints: int = 3,
                        keypoint_score: float = 0.3, inside: float = 0.7,
                        min_height: float = 0.5, distinct: float = 0.15,
-                       taken_iou: float = 0.5,
+                       taken_iou: float = 0.5, containment: float = 0.8,
                        within: tuple[int, int, int, int] | None = None) -> list[Box]:
     """``box`` as one box per distinct person whose skeleton it holds, or ``[box]``.
 
@@ -268,7 +281,8 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
     Two such skeletons are distinct people when their anchors (head and shoulders) are more
     than ``distinct`` times ``box``'s height apart; the better-scoring of a close pair is kept.
     A skeleton whose box overlaps one of ``others`` (the frame's other boxes) at IoU over
-    ``taken_iou`` is that box's person, already found, and does not count.
+    ``taken_iou``, or holds more than ``containment`` of one, is that box's person, already
+    found, and does not count.
     With two or more people, ``box`` is replaced by one box per person: their skeleton's box
     (kept inside ``within``, the crop MoveNet saw: ``x0, y0, x1, y1``; default ``box``),
     scored ``box.score`` times its skeleton's score over the best one's (so they keep their
@@ -293,8 +307,7 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
         if iw * ih / area < inside or xyxy[3] - xyxy[1] < min_height * height:
             continue
         anchor = _anchor(keypoints, keypoint_score)
-        if anchor is None or (len(others) and iou_matrix(xyxy[None], np.array(
-                [[b.x0, b.y0, b.x1, b.y1] for b in others], np.float64))[0].max() > taken_iou):
+        if anchor is None or _taken(xyxy, others, taken_iou, containment):
             continue
         if all(np.hypot(*(anchor - other)) > distinct * height for _, _, other in people):
             people.append((score, xyxy, anchor))
