@@ -335,8 +335,10 @@ def test_photo_fallback_only_for_one_person_crops():
 def test_every_entry_point_defaults_to_auto(tmp_path):
     import yaml
 
-    from streamer import batch, cli, evaluate, serve
+    from streamer.apps import cli, evaluate
+    from streamer.batch import runner as batch
     from streamer.config import load_config
+    from streamer.serve import service as serve
 
     assert load_config().detector.type == "auto"
     for name in ("default", "file", "rtsp", "webcam"):

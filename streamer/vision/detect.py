@@ -41,7 +41,7 @@ import numpy as np
 from streamer.core.errors import ConfigError, ModelError
 from streamer.core.types import Box, Person, whole_pixels
 
-log = logging.getLogger("streamer.detect")
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DETECTOR_TYPES",
