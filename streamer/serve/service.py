@@ -111,6 +111,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from streamer.apps.common import yaml_quote
 from streamer.config import (
     Config,
     build_section,
@@ -1760,10 +1761,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 @contextlib.contextmanager
 def _recording_signals() -> Iterator[list[int]]:
     """Records SIGINT/SIGTERM that uvicorn re-raises after its graceful shutdown."""
@@ -1788,11 +1785,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.host is not None:
-        overrides.append(f"serve.host={_quoted(args.host)}")
+        overrides.append(f"serve.host={yaml_quote(args.host)}")
     if args.port is not None:
         overrides.append(f"serve.port={args.port}")
     if args.model is not None:
-        overrides.append(f"parser.model={_quoted(args.model)}")
+        overrides.append(f"parser.model={yaml_quote(args.model)}")
     try:
         config, settings = load_settings(args.config, overrides)
     except ConfigError as exc:
