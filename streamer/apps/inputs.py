@@ -144,12 +144,12 @@ def expand_patterns(patterns: list[str]) -> list[str]:
                                        "expand it first")
             out += [absolute_uri(p) for p in found]
         elif path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-            if not found:
+            in_folder = sorted(p for p in path.iterdir()
+                               if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+            if not in_folder:
                 raise ConfigError(f"no video files in folder {pattern}",
                                   hint=f"it holds none of {', '.join(sorted(INPUT_SUFFIXES))}")
-            out += [absolute_uri(str(p)) for p in found]
+            out += [absolute_uri(str(p)) for p in in_folder]
         else:
             out.append(absolute_uri(pattern))  # a missing file becomes a failed row, not an abort
     return out

@@ -422,10 +422,14 @@ def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
             nets = [_trained(name, found[name], options) for name in combo]
             if len(nets) == 1:
                 return nets[0]
-            from streamer.vision.detect_nets import MergedDetector, SkeletonSplitDetector
+            from streamer.vision.detect_nets import (
+                MergedDetector,
+                MoveNetDetector,
+                SkeletonSplitDetector,
+            )
 
             merged = MergedDetector(nets)
-            movenet = [n for name, n in zip(combo, nets, strict=True) if name == "movenet"]
+            movenet = [n for n in nets if isinstance(n, MoveNetDetector)]
             if still and movenet and options.split:
                 return SkeletonSplitDetector(merged, movenet[0])
             return merged
