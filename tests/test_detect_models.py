@@ -336,9 +336,9 @@ def test_every_entry_point_defaults_to_auto(tmp_path):
     import yaml
 
     from streamer.apps import cli, evaluate
-    from streamer.batch.runner import runner as batch
+    from streamer.batch import runner as batch
     from streamer.config import load_config
-    from streamer.serve.service import service as serve
+    from streamer.serve import service as serve
 
     assert load_config().detector.type == "auto"
     for name in ("default", "file", "rtsp", "webcam"):
