@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TypedDict, cast
 
 import numpy as np
 
@@ -19,12 +19,44 @@ from streamer.core.types import Box, ParseResult, Person
 from streamer.vision.render import class_name
 
 
-def summarize(result: ParseResult, width: int, height: int) -> dict[str, Any]:
+class PersonSummary(TypedDict):
+    """One person of a parse answer (``PersonOut`` in the OpenAPI spec)."""
+
+    id: int
+    score: float
+    box: list[int]  # x0, y0, x1, y1 in pixels; x1 and y1 exclusive
+    pixels: int
+    classes: dict[str, int]  # pixels of each class on this person
+
+
+class ParseSummary(TypedDict):
+    """What :func:`summarize` counts in a parse result."""
+
+    width: int
+    height: int
+    persons: list[PersonSummary]
+    classes: dict[str, int]  # pixels of each class present, background too
+    class_ids: dict[str, int]
+    class_names: list[str]
+
+
+class ParseMeta(ParseSummary, total=False):
+    """The JSON answer (``ParseOut``): the summary and how it was made (stored in the cache
+    entry), then ``cache`` and ``sha256`` (added per answer)."""
+
+    parse_ms: float
+    engine: str
+    model: str
+    cache: str
+    sha256: str
+
+
+def summarize(result: ParseResult, width: int, height: int) -> ParseMeta:
     """The JSON answer of a parse: persons with boxes, scores and pixels per class."""
     classes = tuple(result.classes)
     labels = np.ascontiguousarray(result.labels, dtype=np.uint8).ravel()
     counts = np.bincount(labels, minlength=256)
-    persons: list[dict[str, Any]] = []
+    persons: list[PersonSummary] = []
     per_person: np.ndarray | None = None
     if result.instances is not None and result.persons:
         inst = np.asarray(result.instances).ravel().astype(np.int64)
@@ -50,7 +82,7 @@ def summarize(result: ParseResult, width: int, height: int) -> dict[str, Any]:
     }
 
 
-def pack(result: ParseResult, meta: dict[str, Any]) -> bytes:
+def pack(result: ParseResult, meta: ParseMeta) -> bytes:
     """A cache entry: label and person maps (compressed) and the JSON answer."""
     arrays: dict[str, np.ndarray] = {
         "labels": np.ascontiguousarray(result.labels, dtype=np.uint8),
@@ -63,14 +95,16 @@ def pack(result: ParseResult, meta: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def unpack_meta(entry: bytes) -> dict[str, Any]:
+def unpack_meta(entry: bytes) -> ParseMeta:
+    """The JSON answer stored in a cache entry, without loading its maps."""
     with np.load(io.BytesIO(entry), allow_pickle=False) as z:
-        return dict(json.loads(z["meta"].tobytes()))
+        return cast(ParseMeta, dict(json.loads(z["meta"].tobytes())))
 
 
-def unpack(entry: bytes) -> tuple[ParseResult, dict[str, Any]]:
+def unpack(entry: bytes) -> tuple[ParseResult, ParseMeta]:
+    """The parse result (label and person maps, persons) and the JSON answer of an entry."""
     with np.load(io.BytesIO(entry), allow_pickle=False) as z:
-        meta = dict(json.loads(z["meta"].tobytes()))
+        meta = cast(ParseMeta, dict(json.loads(z["meta"].tobytes())))
         labels = z["labels"]
         instances = z["instances"] if "instances" in z.files else None
     persons = [Person(p["id"], p["score"], Box(*p["box"])) for p in meta["persons"]]

@@ -315,3 +315,11 @@ class Service:
                     await asyncio.sleep(interval)
         finally:
             handle.viewers -= 1
+
+
+if __name__ == "__main__":  # `python -m streamer.serve.service`, the entry before the split
+    import sys
+
+    from streamer.serve.runner import main
+
+    sys.exit(main())

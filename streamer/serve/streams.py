@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, TypedDict
 
 from streamer.config import Config
 from streamer.core.errors import StreamerError
@@ -32,6 +32,24 @@ STREAM_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 BOUNDARY = "frame"
 #: URL schemes a caller may give as a stream source (FFmpeg knows many more, file:// among them).
 STREAM_URL_SCHEMES = LIVE_SCHEMES | {"http", "https"}
+
+
+class StreamInfo(TypedDict):
+    """What ``GET /api/streams/{id}`` answers about a stream."""
+
+    id: str
+    source: str  # credentials redacted
+    state: str  # starting, running, finished, stopped or failed
+    error: str | None
+    policy: str | None
+    width: int | None
+    height: int | None
+    viewers: int
+    created: float
+    config: dict[str, Any]  # the caller's overrides, as given
+    current_fps: float
+    mjpeg: str
+    metrics: str
 
 
 class LatestFrame:
@@ -185,7 +203,7 @@ class StreamHandle:
         """The CLI's summary, with the live counters filled in while the stream runs."""
         return self.pipeline.live_summary()
 
-    def info(self) -> dict[str, Any]:
+    def info(self) -> StreamInfo:
         policy = self.pipeline.policy
         return {
             "id": self.id,

@@ -121,7 +121,7 @@ async def parse_answer(request: Request, service: Service, fmt: str,
     headers = {"X-Cache": cache, "X-Image-SHA256": digest}
     if fmt == "json":
         meta = unpack_meta(entry)
-        meta.update(cache=cache, sha256=digest)
+        meta["cache"], meta["sha256"] = cache, digest
         return JSONResponse(meta, headers=headers)
     body = await service.render(data, entry, fmt, boxes)
     return Response(body, media_type="image/png", headers=headers)
