@@ -90,7 +90,9 @@ class RedisCache:
         except Exception as exc:
             self._failed("read", exc)
             return None
-        return bytes(value) if value is not None else None
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else str(value).encode()
 
     async def put(self, key: str, value: bytes) -> None:
         try:

@@ -84,14 +84,14 @@ def summarize(result: ParseResult, width: int, height: int) -> ParseMeta:
 
 def pack(result: ParseResult, meta: ParseMeta) -> bytes:
     """A cache entry: label and person maps (compressed) and the JSON answer."""
-    arrays: dict[str, np.ndarray] = {
-        "labels": np.ascontiguousarray(result.labels, dtype=np.uint8),
-        "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8),
-    }
-    if result.instances is not None:
-        arrays["instances"] = np.ascontiguousarray(result.instances)
+    labels = np.ascontiguousarray(result.labels, dtype=np.uint8)
+    encoded = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    if result.instances is None:
+        np.savez_compressed(buf, labels=labels, meta=encoded)
+    else:
+        np.savez_compressed(buf, labels=labels, meta=encoded,
+                            instances=np.ascontiguousarray(result.instances))
     return buf.getvalue()
 
 

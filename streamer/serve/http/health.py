@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from streamer.serve.http.deps import ServiceDep
 
-router = APIRouter(tags=["service"])
+router: APIRouter = APIRouter(tags=["service"])
 
 
 @router.get("/healthz", summary="Liveness and model readiness",

@@ -14,7 +14,7 @@ from fastapi.responses import PlainTextResponse
 from streamer.serve.http.deps import ServiceDep
 from streamer.serve.prometheus import metrics_text
 
-router = APIRouter(tags=["service"])
+router: APIRouter = APIRouter(tags=["service"])
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

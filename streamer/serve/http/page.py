@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 #: The page's files (package data of ``streamer.serve``).
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
-router = APIRouter()
+router: APIRouter = APIRouter()
 
 
 @router.get("/", include_in_schema=False)

@@ -26,7 +26,7 @@ from streamer.serve.images import color_hex, probe_image
 from streamer.serve.service import Service
 from streamer.vision.render import PERSON_ONLY, class_name
 
-router = APIRouter(prefix="/api", tags=["parse"])
+router: APIRouter = APIRouter(prefix="/api", tags=["parse"])
 
 FORMATS = ("json", "png", "labels")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
@@ -21,9 +21,9 @@ from streamer.serve.http.deps import WRITE, ServiceDep
 from streamer.serve.http.schemas import ERRORS, ErrorOut, StreamCreate
 from streamer.serve.streams import BOUNDARY
 
-router = APIRouter(prefix="/api/streams", tags=["streams"])
+router: APIRouter = APIRouter(prefix="/api/streams", tags=["streams"])
 
-NOT_FOUND = {404: {"model": ErrorOut}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 
 
 @router.get("", summary="The streams and their state")
