@@ -48,7 +48,7 @@ from streamer.vision.temporal import Carrier
 
 if TYPE_CHECKING:
     from streamer.io.segments import SegmentedVideoSink
-    from streamer.scheduler import ParseScheduler
+    from streamer.parsing.scheduler import ParseScheduler
 
 log = logging.getLogger("streamer.pipeline")
 
@@ -123,7 +123,7 @@ class Pipeline:
     With ``overlap_detection`` (files), a detector thread finds the people in frame t+1 while
     the parser works on frame t. With a ``scheduler`` (live sources only), the stream's
     detect + parse run on the scheduler's shared model and thread, as lane ``name`` with
-    ``priority`` (see streamer.scheduler).
+    ``priority`` (see streamer.parsing.scheduler).
     """
 
     def __init__(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -139,6 +140,7 @@ class RayHosts:
             for i, (role, cpus) in enumerate(roles)}
         self._made: list[str] = []
         self.node_ids: dict[str, str] = {}
+        self.token_file = base / "auth_token"
 
     # ------------------------------------------------------------------ addresses, commands
     @property
@@ -160,6 +162,12 @@ class RayHosts:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("RAY_") and k not in ("MODELSCOPE_CACHE", "STREAMER_CACHE")}
         env.update(FAST_HEALTH_CHECKS)
+        # Workers at normal priority, as the test process itself: at Ray's default (nice 15)
+        # a CI machine busy with other jobs starves them and the tests crawl.
+        env["RAY_worker_niceness"] = "0"
+        # Token authentication, with this cluster's own token: every node and the driver
+        # read it from the file (a ~/.ray/auth_token left by other Ray use is not ours).
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(self.token_file))
         env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(ROOT),
                    RAY_USAGE_STATS_ENABLED="0", MODELSCOPE_CACHE=str(host.modelscope_cache),
                    STREAMER_CACHE=str(host.folder / "streamer-cache"), PYTHONUNBUFFERED="1")
@@ -184,6 +192,8 @@ class RayHosts:
     def start(self, timeout: float = 180.0) -> RayHosts:
         """Build the network, start Ray on every host and wait until all nodes are alive."""
         remove_stale_namespaces()
+        self.token_file.write_text(secrets.token_hex(32) + "\n")
+        self.token_file.chmod(0o600)
         self._build_network()
         for host in self.hosts.values():
             host.folder.mkdir(parents=True, exist_ok=True)

@@ -3,19 +3,22 @@
 The layers, lowest first (docs/layout.md draws the same tree). A module may import its own
 package and any package in a lower layer; packages that share a layer do not import each other.
 
-    0  core                      types, errors, metrics, heap, labels
-    1  io | vision | m2fp        frames in and out | image work around the network | the network
-    2  parsing                   the parser, its engines, the agreement gate, calibration
-    3  config                    the schema, built from the stages' option dataclasses
-    4  pipeline                  the threads that join source, stages and sinks
-    5  apps | batch | serve | testing    the commands (testing: ``python -m streamer.testing...``)
-       streamer | calibrate              the public API (``streamer/__init__.py``) and the
-                                         ``python -m streamer.calibrate`` entry module
+    0  core                 types, errors, metrics, heap, labels
+    1  io | vision | m2fp   frames in and out | image work around the network | the network
+    2  parsing              the parser, its engines, the agreement gate, calibration
+    3  config               the schema, built from the stages' option dataclasses
+    4  pipeline             the threads that join source, stages and sinks
+    5  apps | testing       the commands cli and eval, and apps.common (what every command
+                            shares) | ``python -m streamer.testing.make_model``
+       streamer | calibrate the public API (``streamer/__init__.py``) | the entry module of
+                            ``python -m streamer.calibrate``
+    6  batch | serve        the commands batch and serve (they use apps.common)
 
 The order is the truthful one, read from the imports: parsing reads io (calibration opens
 sources) and vision (crop reuse); config composes the option dataclasses of io, vision and
-parsing; the pipeline reads config; the commands sit on the pipeline. ``apps.cli`` starts the
-other commands by module name (``importlib``), which is no import of them.
+parsing; the pipeline reads config; the commands sit on the pipeline, and batch and serve also
+on apps.common. ``apps.cli`` starts the other commands by module name (``importlib``), which is
+no import of them.
 
 No module reads another module's private names either: no ``from streamer.x import _y``, no
 ``x._y`` on an imported module (or ``getattr(x, "_y")``), and no ``obj._y`` where ``_y`` is a
@@ -43,7 +46,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("parsing",),
     ("config",),
     ("pipeline",),
-    ("apps", "batch", "serve", "testing", "streamer", "calibrate"),
+    ("apps", "testing", "streamer", "calibrate"),
+    ("batch", "serve"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
@@ -126,19 +130,36 @@ def test_every_module_is_in_a_layer():
                        f"LAYERS here and to docs/layout.md: {loose}")
 
 
-def test_lower_layers_never_import_upper_ones():
+def _layer_violations(module: Module) -> list[str]:
     wrong = []
-    for module in MODULES.values():
-        if module.layer not in RANK:
+    for target, node in _imports(module):
+        layer = _layer_of(target)
+        if layer == module.layer:
             continue
-        for target, node in _imports(module):
-            layer = _layer_of(target)
-            if layer == module.layer:
-                continue
-            if layer not in RANK or RANK[layer] >= RANK[module.layer]:
-                wrong.append(f"{_where(module, node)}: {module.name} (layer {module.layer}) "
-                             f"imports {target} (layer {layer})")
+        if layer not in RANK or RANK[layer] >= RANK[module.layer]:
+            wrong.append(f"{_where(module, node)}: {module.name} (layer {module.layer}) "
+                         f"imports {target} (layer {layer})")
+    return list(dict.fromkeys(wrong))  # one line per import, not per imported name
+
+
+def test_lower_layers_never_import_upper_ones():
+    wrong = [line for m in MODULES.values() if m.layer in RANK for line in _layer_violations(m)]
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("name, source, bad", [
+    ("streamer.io.example", "def f():\n    from streamer.pipeline import Pipeline\n", True),
+    ("streamer.io.example", "from streamer.vision import render\n", True),  # a peer
+    ("streamer.core.example", "import streamer.io.sources\n", True),
+    ("streamer.parsing.example", "from streamer.io.sources import open_source\n", False),
+    ("streamer.io.example", "from . import buffers\n", False),
+    ("streamer.io.example", "from ..config import Config\n", True),
+])
+def test_the_layer_check_sees(name, source, bad):
+    # The check itself, on small made-up modules (lazy and relative imports included).
+    path = PACKAGE.joinpath(*name.split(".")[1:]).with_suffix(".py")
+    module = Module(name, path, ast.parse(source))
+    assert bool(_layer_violations(module)) is bad
 
 
 def test_the_layers_are_the_real_order():

@@ -26,7 +26,7 @@ from streamer.config import load_config
 from streamer.core.types import Frame, VideoInfo
 from streamer.io.segments import SegmentedVideoSink, list_segments
 from streamer.parsing.parser import HumanParser
-from streamer.scheduler import ParseScheduler
+from streamer.parsing.scheduler import ParseScheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_rtsp = pytest.mark.skipif(rtsp_unavailable_reason() is not None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from streamer.apps.common import yaml_quote
 from streamer.core.heap import return_large_buffers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -103,7 +104,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     }
     for key, value in simple.items():
         if value is not None:
-            out.append(f"{key}={_yaml_str(value)}")
+            out.append(f"{key}={yaml_quote(value)}")
     if args.show:
         out.append("output.show=true")
     if args.realtime:
@@ -111,13 +112,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if args.no_progress:
         out.append("output.progress=false")
     return out
-
-
-def _yaml_str(value: Any) -> str:
-    # Quote strings so that YAML keeps "0" or "yes" in a path as text.
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return str(value)
 
 
 class SignalStop:

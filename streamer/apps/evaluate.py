@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from streamer.apps.common import yaml_quote
 from streamer.core.errors import ConfigError, SourceError, StreamerError
 from streamer.core.labels import IMAGE_SUFFIXES
 
@@ -360,10 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.ndarray:
     if detector is None or not parser.single_person:
         return parser.parse(image).labels
@@ -413,7 +410,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
         prepare_labels_dir(labels_out)
     overrides = list(args.overrides)
     if args.model:
-        overrides.append(f"parser.model={_quote(args.model)}")
+        overrides.append(f"parser.model={yaml_quote(args.model)}")
     if args.engine:
         overrides.append(f"parser.engine={args.engine}")
     if args.threads is not None:

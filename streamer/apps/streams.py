@@ -3,7 +3,7 @@
 Every entry of the config's ``sources:`` list (the schema ``run_stream.py batch`` reads, see
 streamer.batch.runner; an entry may add ``priority:``) runs as its own
 :class:`~streamer.pipeline.Pipeline` (reader, tracker, carrier, renderer, sinks) and all of them
-share one :class:`~streamer.scheduler.ParseScheduler`, so one network is loaded whatever the
+share one :class:`~streamer.parsing.scheduler.ParseScheduler`, so one network is loaded whatever the
 number of cameras. Each stream writes ``DIR/NAME.mkv`` (or, with ``output.segment_seconds``,
 ``DIR/NAME/START-TIME.mkv`` segments). A stream that fails (unreachable, reconnects exhausted,
 a disk error) ends alone, with its error in its row; the others go on. Ctrl-C stops and
@@ -33,8 +33,8 @@ from streamer.batch.runner import SourceSpec, stream_name
 from streamer.config import Config
 from streamer.core.errors import ConfigError, StreamerError
 from streamer.parsing.parser import HumanParser
+from streamer.parsing.scheduler import ParseScheduler
 from streamer.pipeline import Pipeline
-from streamer.scheduler import ParseScheduler
 
 __all__ = ["StreamsRun", "format_streams_table", "run_streams"]
 

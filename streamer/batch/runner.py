@@ -55,6 +55,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from streamer.apps.common import yaml_quote
 from streamer.batch.workers import (
     ClusterError,
     HostCheckError,
@@ -97,7 +98,8 @@ OUTPUT_FORMATS = ("mp4", "mkv")
 @dataclass
 class SourceSpec:
     """One input: a file or stream URI, an optional name, and its own configuration.
-    ``priority`` weighs a live stream's share of parses in one process (streamer.scheduler)."""
+    ``priority`` weighs a live stream's share of parses in one process
+    (streamer.parsing.scheduler)."""
 
     uri: str
     config: Config
@@ -783,8 +785,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     for key, value in (("parser.model", args.model), ("parser.engine", args.engine),
                        ("detector.type", args.detector)):
         if value is not None:
-            quoted = "'" + value.replace("'", "''") + "'"  # YAML keeps the path as text
-            out.append(f"{key}={quoted}")
+            out.append(f"{key}={yaml_quote(value)}")
     return out
 
 

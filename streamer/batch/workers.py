@@ -12,7 +12,7 @@ backends run several of them:
   restarts an actor that dies (``max_restarts``), and the job it was running is retried on a
   live worker (a stream reopens, that is, reconnects, in its restarted actor).
 
-Both answer the same four calls, driven by :class:`streamer.batch.BatchRunner`:
+Both answer the same four calls, driven by :class:`streamer.batch.runner.BatchRunner`:
 ``try_submit(job, attempt)``, ``poll(timeout) -> [Outcome]``, ``stop()`` and ``close()``.
 Ray is imported only by :class:`RayCluster`, so the rest works without it.
 
@@ -651,7 +651,7 @@ class RayCluster:
     kind = "ray"
 
     def __init__(self, address: str | None = None) -> None:
-        given = address or ("" if address == "local" else os.environ.get("RAY_ADDRESS", ""))
+        given = address or os.environ.get("RAY_ADDRESS", "")
         if given.strip().lower().startswith("ray://"):
             raise ConfigError(RAY_CLIENT_REFUSED, hint=RAY_CLIENT_HINT)
         ray = import_ray()
@@ -704,12 +704,21 @@ class RayCluster:
         ray = self.ray
         inputs = sorted({(j.source, os.path.getsize(j.source)) for j in jobs
                          if _is_local_file(j.source) and os.path.isfile(j.source)})
-        folder = Path(os.path.commonpath([str(j.output.parent) for j in jobs]))
-        folder.mkdir(parents=True, exist_ok=True)
-        marker = folder / f".streamer-check-{os.getpid()}-{time.monotonic_ns()}"
-        marker.write_text("written by the batch's driver to check that every node sees this "
-                          "folder\n")
         nodes = self._worker_nodes()
+        if not nodes:
+            return  # nowhere to run a worker: poll() says so after a minute
+        folder = Path(os.path.commonpath([str(j.output.parent) for j in jobs]))
+        marker = folder / f".streamer-check-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            marker.write_text("written by the batch's driver to check that every node sees "
+                              "this folder\n")
+        except OSError as exc:
+            from streamer.core.errors import SinkError
+
+            raise SinkError(f"cannot write in the output folder {folder} "
+                            f"({exc.strerror or exc})",
+                            hint="choose a writable --output-dir") from None
         task = ray.remote(check_host)
         refs = {}
         try:
@@ -719,17 +728,19 @@ class RayCluster:
                 ref = task.options(num_cpus=0, scheduling_strategy=strategy,
                                    max_retries=0).remote(needs, node["NodeManagerAddress"])
                 refs[ref] = node
-            ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
             problems: list[str] = []
-            for ref in ready:
+            for ref, node in refs.items():  # in the nodes' order, by address
+                where = node["NodeManagerAddress"]
+                if ref not in ready:
+                    log.warning("host %s did not answer the check within %.0f s", where,
+                                timeout)
+                    continue
                 try:
                     problems += ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    log.warning("host %s did not answer the check (%s)",
-                                refs[ref]["NodeManagerAddress"], _ray_reason(exc))
-            for ref in late:
-                log.warning("host %s did not answer the check within %.0f s",
-                            refs[ref]["NodeManagerAddress"], timeout)
+                    log.warning("host %s did not answer the check (%s)", where,
+                                _ray_reason(exc))
         finally:
             with contextlib.suppress(OSError):
                 marker.unlink()

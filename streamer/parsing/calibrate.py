@@ -4,14 +4,15 @@
         --engine onnxruntime|openvino [--crops N] [--held-out N] [--json OUT]
 
 Sources are videos, images or folders of them. People are found with the configured detector
-(streamer.vision.detect's PersonFinder, HOG by default) on frames spread over each video; each crop
-is fitted onto the model's canvas exactly as HumanParser does. ``--crops`` of them calibrate the
-activation ranges (ONNX Runtime's static quantiser, or NNCF for OpenVINO); ``--held-out`` others,
-never seen by calibration, measure the int8 model's label-pixel agreement with fp32 torch. The int8
-model is written into the engine cache, where ``parser.precision: int8`` finds it; a ``.json``
-beside it records the footage and the agreement. Last, the agreement gate (streamer.parsing.gate)
-compares the int8 model with the fp32 engines on the held-out crops and prints the fastest setting
-that agrees on >= 99.5% of label pixels (``--min-agreement 0.99`` to opt in to 99%).
+(streamer.vision.detect's PersonFinder, HOG by default) on frames spread over each video; each
+crop is fitted onto the model's canvas exactly as HumanParser does. ``--crops`` of them
+calibrate the activation ranges (ONNX Runtime's static quantiser, or NNCF for OpenVINO);
+``--held-out`` others, never seen by calibration, measure the int8 model's label-pixel agreement
+with fp32 torch. The int8 model is written into the engine cache, where ``parser.precision:
+int8`` finds it; a ``.json`` beside it records the footage and the agreement. Last, the
+agreement gate (streamer.parsing.gate) compares the int8 model with the fp32 engines on the
+held-out crops and prints the fastest setting that agrees on >= 99.5% of label pixels
+(``--min-agreement 0.99`` to opt in to 99%).
 
 Example:
     >>> report = calibrate("models/single", ["clips/cam1.mp4", "photos/"], "openvino",

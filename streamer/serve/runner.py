@@ -22,6 +22,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from streamer.apps.common import yaml_quote
 from streamer.core.errors import ConfigError
 from streamer.core.heap import return_large_buffers
 from streamer.serve.app import create_app
@@ -122,10 +123,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 @contextlib.contextmanager
 def _recording_signals() -> Iterator[list[int]]:
     """Records SIGINT/SIGTERM that uvicorn re-raises after its graceful shutdown."""
@@ -150,11 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
     if args.host is not None:
-        overrides.append(f"serve.host={_quoted(args.host)}")
+        overrides.append(f"serve.host={yaml_quote(args.host)}")
     if args.port is not None:
         overrides.append(f"serve.port={args.port}")
     if args.model is not None:
-        overrides.append(f"parser.model={_quoted(args.model)}")
+        overrides.append(f"parser.model={yaml_quote(args.model)}")
     try:
         config, settings = load_settings(args.config, overrides)
     except ConfigError as exc:
