@@ -20,7 +20,6 @@ Framework: **FastAPI on uvicorn** (one process, asyncio), not Flask behind gunic
 
 Endpoints (one router module each under ``streamer/serve/http/``):
 
-
 =========================================  ================================================
 ``POST /api/parse[?format=json|png|labels]``  an image (multipart field ``image`` or the raw
                                                body) -> JSON persons, boxes, scores, pixels
