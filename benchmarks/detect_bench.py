@@ -199,7 +199,8 @@ def evaluate(detector: Detector, options: DetectorOptions, media: Path, frames: 
 def describe(detector: Detector) -> str:
     parts = getattr(detector, "detectors", None)
     if parts:
-        return " + ".join(type(d).__name__ for d in parts)
+        split = " + split" if type(detector).__name__ == "SkeletonSplitDetector" else ""
+        return " + ".join(type(d).__name__.removesuffix("Detector") for d in parts) + split
     return type(detector).__name__
 
 

@@ -79,8 +79,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path) -> dict:
+    from streamer.apps.inputs import SourceSpec
     from streamer.apps.streams import StreamsRun
-    from streamer.batch.runner import SourceSpec
     from streamer.config import load_config
     from streamer.parsing.parser import HumanParser
     from streamer.pipeline import Pipeline
@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model
     if args.child:
         mode, out, *urls = args.child
-        sets = [f"parser.model='{model}'", *args.sets]
+        # Every parse a real one: a still scene would otherwise keep its crop's last parse
+        # (parse.reuse_threshold) at 1 ms, and count as a parse.
+        sets = [f"parser.model='{model}'", "parse.reuse_threshold=0", *args.sets]
         print("RESULT " + json.dumps(child(mode, urls, args.seconds, sets, Path(out))),
               flush=True)
         sys.stderr.flush()

@@ -164,6 +164,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         for arg in args:
             if arg is type(None):
                 continue
+            if arg is float and isinstance(value, float) and not math.isfinite(value):
+                return _coerce(key, value, arg)  # its own error: NaN and inf are no settings
             try:
                 return _coerce(key, value, arg)
             except ConfigError:

@@ -29,13 +29,13 @@ from media_helpers import (
 )
 
 from streamer import Pipeline, load_config
+from streamer.apps.inputs import stream_name
 from streamer.batch.runner import (
     BatchRunner,
     BatchSettings,
     format_table,
     plan_batch,
     plan_workers,
-    stream_name,
 )
 from streamer.batch.workers import LocalPool, RayCluster
 from streamer.core.errors import ConfigError

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
 
+from streamer.apps.inputs import SourceSpec
 from streamer.apps.streams import StreamsRun, format_streams_table
-from streamer.batch.runner import SourceSpec
 from streamer.config import load_config
 from streamer.core.types import Frame, VideoInfo
 from streamer.io.segments import SegmentedVideoSink, list_segments
@@ -345,3 +345,60 @@ def test_scheduler_refuses_a_file_that_is_not_live(tmp_path, tiny_single_model, 
         pipeline = Pipeline(config, str(clip), scheduler=scheduler, name="file")
         with pytest.raises(ConfigError, match="live sources only"):
             pipeline.run()
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_priority_and_missing_config_are_one_line_errors(tmp_path, capsys):
+    from streamer.apps.cli import main
+    from streamer.apps.inputs import load_sources
+    from streamer.core.errors import ConfigError
+
+    cams = tmp_path / "cams.yaml"
+    cams.write_text("sources:\n  - {uri: 'rtsp://127.0.0.1:1/a', priority: 0}\n")
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.priority must be a number above 0"):
+        load_sources(str(cams), [], [])
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:  # main() installs its Ctrl-C handler: give pytest its own back afterwards
+        assert main(["--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --output-dir needs --config") and err.count("\n") == 1
+        assert main(["--config", str(cams), "--output-dir", str(tmp_path / "out")]) == 2
+        assert "priority" in capsys.readouterr().err
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+@needs_rtsp
+def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny_single_model,
+                                                                      tmp_path):
+    bigger = make_clip(tmp_path / "bigger.mp4", frames=50, size=(320, 240), fps=25)
+    config = stream_config(tiny_single_model)
+    servers = [RtspServer(clip, loop=True).start() for _ in range(2)]
+    try:
+        run = StreamsRun(config, tmp_path)
+        run.add(SourceSpec(servers[0].url, config, "changes"))
+        run.add(SourceSpec(servers[1].url, config, "steady"))
+        time.sleep(1.5)
+        written = run.pipeline("steady").metrics.frames_written
+        servers[0].kill()
+        servers[0].clip = bigger  # the camera comes back at another resolution
+        servers[0].restart()
+        deadline = time.monotonic() + 20
+        while True:  # until a parse of the new size is what cam "changes" shows
+            latest = run.pipeline("changes").latest()
+            if latest is not None and latest.frame.image.shape[:2] == (240, 320):
+                break
+            assert time.monotonic() < deadline, "no parse at the new resolution"
+            time.sleep(0.1)
+        steady_grew = run.pipeline("steady").metrics.frames_written - written
+        run.stop()
+        report = run.wait(timeout=30)
+    finally:
+        for server in servers:
+            server.kill()
+    rows = report["streams"]
+    assert rows["changes"]["reconnects"] == 1 and rows["changes"]["error"] is None
+    assert rows["steady"]["reconnects"] == 0 and steady_grew >= 25
+    for name in ("changes", "steady"):  # the recording keeps its first size, and plays
+        assert decoded_frames(tmp_path / f"{name}.mkv") == rows[name]["frames_written"]

@@ -34,6 +34,7 @@ examples:
   run_stream.py --source clip.mp4 --output parsed.mp4 --model DIR
   run_stream.py --source rtsp://127.0.0.1:8554/cam --output live.mp4 --metrics m.json
   run_stream.py --source 0 --show                      # webcam 0 in a window
+  run_stream.py --config cams.yaml --output-dir rec/   # every sources: stream, one model
   run_stream.py --source photo.jpg --output parsed.png
   run_stream.py --config configs/rtsp.yaml --set detector.every=3 --set render.alpha=0.6
 

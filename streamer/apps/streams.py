@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from streamer.batch.runner import SourceSpec, stream_name
+from streamer.apps.inputs import SourceSpec, stream_name
 from streamer.config import Config
 from streamer.core.errors import ConfigError, StreamerError
 from streamer.parsing.parser import HumanParser
@@ -214,7 +214,7 @@ def run_streams(config_path: str, overrides: list[str], output_dir: str,
                 metrics: str | None, stopper: Any = None) -> dict[str, Any]:
     """The ``--config cams.yaml --output-dir DIR`` run: every ``sources:`` entry until Ctrl-C
     (or until every stream has ended); prints the table, writes ``metrics`` JSON."""
-    from streamer.batch.runner import load_sources
+    from streamer.apps.inputs import load_sources
     from streamer.io.sinks import check_output_path
 
     base, specs = load_sources(config_path, overrides, [])

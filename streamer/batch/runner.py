@@ -40,11 +40,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -56,6 +54,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from streamer.apps.common import yaml_quote
+from streamer.apps.inputs import is_stream_uri, load_sources, stream_name
 from streamer.batch.workers import (
     ClusterError,
     HostCheckError,
@@ -66,7 +65,7 @@ from streamer.batch.workers import (
     WorkerInfo,
     WorkerPlan,
 )
-from streamer.config import Config, config_from_dict, merge, parse_override, read_yaml
+from streamer.config import Config
 from streamer.core.errors import ConfigError, StreamerError
 from streamer.core.heap import return_large_buffers
 
@@ -77,9 +76,7 @@ __all__ = [
     "ClusterError",
     "Job",
     "JobResult",
-    "SourceSpec",
     "format_table",
-    "load_sources",
     "main",
     "plan_batch",
     "plan_workers",
@@ -88,154 +85,10 @@ __all__ = [
 log = logging.getLogger("streamer.batch")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-# What a folder given as --source contributes (the folder itself is not searched deeper).
-INPUT_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".mts",
-                            ".mpg", ".mpeg", ".wmv", ".flv"})
 OUTPUT_FORMATS = ("mp4", "mkv")
 
 
-# ------------------------------------------------------------------------ sources and config
-@dataclass
-class SourceSpec:
-    """One input: a file or stream URI, an optional name, and its own configuration.
-    ``priority`` weighs a live stream's share of parses in one process
-    (streamer.parsing.scheduler)."""
-
-    uri: str
-    config: Config
-    name: str | None = None
-    priority: float = 1.0
-
-
-def _is_stream_uri(uri: str) -> bool:
-    from streamer.io.sources import LIVE_SCHEMES
-
-    text = uri.strip()
-    if text.isdigit() or text.startswith("/dev/video"):
-        return True
-    return "://" in text and text.split("://", 1)[0].lower() in LIVE_SCHEMES
-
-
-def load_sources(config_path: str | None, overrides: list[str],
-                 patterns: list[str]) -> tuple[Config, list[SourceSpec]]:
-    """The batch's base configuration and its inputs, from ``--config``, ``--set`` and ``--source``.
-
-    ``--source`` takes files, folders (their video files), glob patterns (``'videos/*.mp4'``,
-    ``**`` for subfolders) and stream URIs. The config file may add a ``sources:`` list; each
-    item is a URI or a mapping with ``uri``, an optional ``name`` and any config sections for
-    that source alone. ``--set`` overrides apply to every source, last.
-
-    Example:
-        >>> base, specs = load_sources(None, ["detector.type=full"], ["clips/*.mp4"])
-        >>> [s.uri for s in specs]
-        ['/abs/clips/a.mp4', '/abs/clips/b.mp4']
-    """
-    data = read_yaml(config_path) if config_path else {}
-    raw_sources = data.pop("sources", None)
-    override_data: dict[str, Any] = {}
-    for text in overrides:
-        override_data = merge(override_data, parse_override(text))
-    base = config_from_dict(merge(data, override_data))
-    specs: list[SourceSpec] = []
-    for uri in expand_patterns(patterns):
-        specs.append(SourceSpec(uri, base))
-    if raw_sources is not None:
-        if not isinstance(raw_sources, list):
-            raise ConfigError(f"config key sources must be a list, got {raw_sources!r}")
-        for i, item in enumerate(raw_sources):
-            specs.append(_source_item(i, item, data, override_data))
-    if not specs and base.source.uri:
-        specs.append(SourceSpec(_absolute(str(base.source.uri)), base))
-    if not specs:
-        raise ConfigError("no inputs: pass --source FILES|PATTERN|URL, or list sources: in "
-                          "--config")
-    seen: set[str] = set()
-    unique = []
-    for spec in specs:
-        if spec.uri not in seen:
-            seen.add(spec.uri)
-            unique.append(spec)
-    return base, unique
-
-
-def _source_item(i: int, item: Any, data: dict[str, Any],
-                 override_data: dict[str, Any]) -> SourceSpec:
-    where = f"sources[{i}]"
-    if isinstance(item, str):
-        item = {"uri": item}
-    if not isinstance(item, dict) or not isinstance(item.get("uri"), str) or not item["uri"]:
-        raise ConfigError(f"{where} must be a URI or a mapping with uri:, got {item!r}")
-    overlay = dict(item)
-    uri, name = overlay.pop("uri"), overlay.pop("name", None)
-    priority = overlay.pop("priority", 1.0)
-    if isinstance(priority, bool) or not isinstance(priority, (int, float)) or not priority > 0:
-        raise ConfigError(f"{where}.priority must be a number above 0, got {priority!r}")
-    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name)):
-        raise ConfigError(f"{where}.name must be letters, digits, '.', '-' or '_', got {name!r}")
-    if "parser" in overlay:
-        raise ConfigError(f"{where} sets parser: every worker holds one model, so parser "
-                          "settings apply to all sources; set them at the top level")
-    try:
-        config = config_from_dict(merge(merge(data, overlay), override_data))
-    except ConfigError as exc:
-        raise ConfigError(f"{where} ({uri}): {exc}") from None
-    if not _is_stream_uri(uri):
-        uri = _absolute(uri)
-    return SourceSpec(uri, config, name, float(priority))
-
-
-def _absolute(uri: str) -> str:
-    if "://" in uri or uri.strip().isdigit() or uri.startswith("/dev/video"):
-        return uri
-    return os.path.abspath(os.path.expanduser(uri))  # also folds "..", unlike Path.absolute
-
-
-def expand_patterns(patterns: list[str]) -> list[str]:
-    """Files, folders and glob patterns to sorted absolute paths; stream URIs kept as they are.
-
-    Example:
-        >>> expand_patterns(["videos/*.mp4", "rtsp://cam/live"])
-        ['/abs/videos/a.mp4', '/abs/videos/b.mp4', 'rtsp://cam/live']
-    """
-    out: list[str] = []
-    for pattern in patterns:
-        if _is_stream_uri(pattern) or "://" in pattern:  # URLs are never globbed
-            out.append(pattern)
-            continue
-        path = Path(pattern).expanduser()
-        if glob.has_magic(pattern):
-            found = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-            if not found:
-                raise ConfigError(f"no files match {pattern!r}",
-                                  hint="check the pattern; quote it so the shell does not "
-                                       "expand it first")
-            out += [_absolute(p) for p in found]
-        elif path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-            if not found:
-                raise ConfigError(f"no video files in folder {pattern}",
-                                  hint=f"it holds none of {', '.join(sorted(INPUT_SUFFIXES))}")
-            out += [_absolute(str(p)) for p in found]
-        else:
-            out.append(_absolute(pattern))  # a missing file becomes a failed row, not an abort
-    return out
-
-
 # ------------------------------------------------------------------------ jobs and outputs
-def stream_name(uri: str) -> str:
-    """A file name for a stream: ``rtsp://user:pw@cam1:8554/live`` -> ``cam1_8554_live``."""
-    text = uri.strip()
-    if text.isdigit():
-        return f"webcam{text}"
-    if "://" in text:
-        text = text.split("://", 1)[1]
-        text = text.rsplit("@", 1)[-1]  # never put credentials in a file name
-    elif "/" in text or "." in text:
-        text = Path(text).stem
-    return re.sub(r"[^\w.-]+", "_", text).strip("_.") or "stream"
-
-
 def plan_batch(patterns: list[str], output_dir: str | Path, *, config_path: str | None,
                overrides: list[str], fmt: str = "mp4") -> tuple[list[Job], Config]:
     """The jobs of a batch (sources, outputs, per-source config) and its base configuration.
@@ -253,7 +106,7 @@ def plan_batch(patterns: list[str], output_dir: str | Path, *, config_path: str 
         raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
     base, specs = load_sources(config_path, overrides, patterns)
     out_dir = Path(os.path.abspath(os.path.expanduser(output_dir)))
-    live_flags = [_is_stream_uri(s.uri) or s.config.source.realtime for s in specs]
+    live_flags = [is_stream_uri(s.uri) or s.config.source.realtime for s in specs]
     local = [not live and "://" not in s.uri for s, live in zip(specs, live_flags, strict=True)]
     common = _common_folder([Path(s.uri) for s, ok in zip(specs, local, strict=True) if ok])
     jobs: list[Job] = []

@@ -175,6 +175,8 @@ class StreamHandle:
                     self.first_frame.set()
                 self.pipeline.metrics.add_output(item.frame.capture_time)
                 self.latency_sum_s += time.monotonic() - item.frame.capture_time
+                if item.parse_capture is not None:
+                    self.pipeline.metrics.add_overlay(item.parse_capture)
                 self.slot.publish(item)
             self.state = "stopped" if self._stop_requested else "finished"
         except StreamerError as exc:

@@ -13,6 +13,10 @@ like every :class:`~streamer.vision.detect.Detector`.
   side at 256 px (both sides padded to a multiple of 32); up to 6 people, each 17 keypoints
   and a box, normalised to the input.
 - :class:`MergedDetector`: several detectors' boxes pooled and cleaned with :func:`nms`.
+- :class:`SkeletonSplitDetector` (photos): MoveNet run again on each big box's crop; a box
+  holding two or more distinct skeletons of its own scale becomes one box per skeleton
+  (:func:`split_by_skeletons`), so two people that overlap so much that one box covers both
+  (and NMS keeps one) are both parsed.
 
 Example:
     >>> detector = NanoDetDetector(Path("nanodet.json"), threads=2)
@@ -30,10 +34,11 @@ import cv2
 import numpy as np
 
 from streamer.core.types import Box
-from streamer.vision.detect import Detector, nms
+from streamer.vision.detect import Detector, iou_matrix, nms
 from streamer.vision.detector_models import compile_model
 
-__all__ = ["MergedDetector", "MoveNetDetector", "NanoDetDetector"]
+__all__ = ["MergedDetector", "MoveNetDetector", "NanoDetDetector", "SkeletonSplitDetector",
+           "split_by_skeletons"]
 
 
 def _clamped_box(xyxy: np.ndarray, score: float, w: int, h: int) -> Box | None:
@@ -235,3 +240,139 @@ class MergedDetector:
         xyxy = np.array([[b.x0, b.y0, b.x1, b.y1] for b in pooled], np.float64)
         scores = np.array([b.score for b in pooled])
         return [pooled[i] for i in nms(xyxy, scores, self.nms_iou, self.containment)]
+
+
+def _anchor(keypoints: np.ndarray, min_score: float) -> np.ndarray | None:
+    """Where a skeleton is: the mean of its confident head and shoulder keypoints (COCO 0-6),
+    else of all its confident keypoints; None when none is confident. ``keypoints``: (17, 3)
+    y, x, score."""
+    for part in (keypoints[:7], keypoints):
+        good = part[:, 2] > min_score
+        if good.any():
+            return part[good, 1::-1].mean(axis=0)  # x, y
+    return None
+
+
+def _taken(xyxy: np.ndarray, others: Sequence[Box], iou: float, containment: float) -> bool:
+    """Whether the box ``xyxy`` is one of ``others``' person: IoU over ``iou`` with one, or
+    more than ``containment`` of one inside it."""
+    if not len(others):
+        return False
+    theirs = np.array([[b.x0, b.y0, b.x1, b.y1] for b in others], np.float64)
+    iw = np.clip(np.minimum(theirs[:, 2], xyxy[2]) - np.maximum(theirs[:, 0], xyxy[0]), 0, None)
+    ih = np.clip(np.minimum(theirs[:, 3], xyxy[3]) - np.maximum(theirs[:, 1], xyxy[1]), 0, None)
+    area = np.maximum((theirs[:, 2] - theirs[:, 0]) * (theirs[:, 3] - theirs[:, 1]), 1e-9)
+    return bool((iou_matrix(xyxy[None], theirs)[0] > iou).any()
+                or (iw * ih / area > containment).any())
+
+
+def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
+                       min_score: float = 0.15, min_keypoints: int = 3,
+                       keypoint_score: float = 0.3, inside: float = 0.7,
+                       min_height: float = 0.5, distinct: float = 0.15,
+                       taken_iou: float = 0.5, containment: float = 0.8,
+                       within: tuple[int, int, int, int] | None = None) -> list[Box]:
+    """``box`` as one box per distinct person whose skeleton it holds, or ``[box]``.
+
+    ``poses``: MoveNet rows (:meth:`MoveNetDetector.poses`, frame pixels). A skeleton counts
+    when it scores ``min_score`` or more, has ``min_keypoints`` keypoints over
+    ``keypoint_score``, at least ``inside`` of its box lies in ``box`` and it is at least
+    ``min_height`` of ``box``'s height (the same person's scale, not someone small behind).
+    Two such skeletons are distinct people when their anchors (head and shoulders) are more
+    than ``distinct`` times ``box``'s height apart; the better-scoring of a close pair is kept.
+    A skeleton whose box overlaps one of ``others`` (the frame's other boxes) at IoU over
+    ``taken_iou``, or holds more than ``containment`` of one, is that box's person, already
+    found, and does not count.
+    With two or more people, ``box`` is replaced by one box per person: their skeleton's box
+    (kept inside ``within``, the crop MoveNet saw: ``x0, y0, x1, y1``; default ``box``),
+    scored ``box.score`` times its skeleton's score over the best one's (so they keep their
+    rank among the frame's other people). Every person gets their own skeleton's box: the
+    detector's box covers the pair, and which of them it "is" is not known.
+
+    Example:
+        >>> split_by_skeletons(Box(0, 0, 200, 400, 0.8), poses)   # two dancers, one box
+        [Box(x0=0, y0=10, x1=150, y1=400, score=0.8), Box(x0=60, y0=0, ..., score=0.7)]
+    """
+    height = max(box.height, 1)
+    people: list[tuple[float, np.ndarray, np.ndarray]] = []  # score, xyxy, anchor
+    for row in sorted(poses, key=lambda r: -float(r[55])):
+        score = float(row[55])
+        keypoints = row[:51].reshape(17, 3)
+        if score < min_score or int((keypoints[:, 2] > keypoint_score).sum()) < min_keypoints:
+            continue
+        xyxy = row[[52, 51, 54, 53]].astype(np.float64)
+        area = max((xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1]), 1e-9)
+        iw = max(0.0, min(xyxy[2], box.x1) - max(xyxy[0], box.x0))
+        ih = max(0.0, min(xyxy[3], box.y1) - max(xyxy[1], box.y0))
+        if iw * ih / area < inside or xyxy[3] - xyxy[1] < min_height * height:
+            continue
+        anchor = _anchor(keypoints, keypoint_score)
+        if anchor is None or _taken(xyxy, others, taken_iou, containment):
+            continue
+        if all(np.hypot(*(anchor - other)) > distinct * height for _, _, other in people):
+            people.append((score, xyxy, anchor))
+    if len(people) < 2:
+        return [box]
+    best = people[0][0]
+    x0, y0, x1, y1 = within or (box.x0, box.y0, box.x1, box.y1)
+    out = []
+    for score, xyxy, _ in people:
+        # the skeleton's box inside the crop (MoveNet's box can reach into the crop's padding)
+        clipped = np.array([max(xyxy[0], x0), max(xyxy[1], y0),
+                            min(xyxy[2], x1), min(xyxy[3], y1)])
+        split = _clamped_box(clipped, box.score * score / best, x1, y1)
+        if split is not None:
+            out.append(split)
+    return out if len(out) >= 2 else [box]
+
+
+class SkeletonSplitDetector:
+    """A detector's boxes, each big one checked for two people by MoveNet on its crop.
+
+    The ``max_boxes`` best boxes at least ``min_side`` px tall are cropped with ``pad`` of
+    their size around them and given to ``movenet``; :func:`split_by_skeletons` turns a box
+    with two or more distinct skeletons into one box per person. Measured
+    (docs/detectors.md): on the crop MoveNet tells apart two people that one box covers, which
+    it does not on the whole frame at 256 px. For photos: it costs one MoveNet run per box.
+
+    Example:
+        >>> SkeletonSplitDetector(MergedDetector([nanodet, movenet]), movenet).detect(image)
+        [Box(...), Box(...), ...]
+    """
+
+    def __init__(self, detector: Detector, movenet: MoveNetDetector, pad: float = 0.2,
+                 min_side: int = 96, max_boxes: int = 8) -> None:
+        self.detector = detector
+        self.movenet = movenet
+        self.pad = float(pad)
+        self.min_side = int(min_side)
+        self.max_boxes = int(max_boxes)
+
+    @property
+    def detectors(self) -> list[Detector]:
+        parts = getattr(self.detector, "detectors", [self.detector])
+        return list(parts)
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        boxes = self.detector.detect(image)
+        if not boxes:
+            return boxes
+        h, w = image.shape[:2]
+        out: list[Box] = []
+        for rank, box in enumerate(boxes):
+            if rank >= self.max_boxes or box.height < self.min_side:
+                out.append(box)
+                continue
+            px, py = round(self.pad * box.width), round(self.pad * box.height)
+            x0, y0 = max(box.x0 - px, 0), max(box.y0 - py, 0)
+            x1, y1 = min(box.x1 + px, w), min(box.y1 + py, h)
+            poses = self.movenet.poses(image[y0:y1, x0:x1])
+            if len(poses):
+                poses = poses.copy()
+                poses[:, 0:51:3] += y0
+                poses[:, 1:51:3] += x0
+                poses[:, [51, 53]] += y0
+                poses[:, [52, 54]] += x0
+            out.extend(split_by_skeletons(box, poses, boxes[:rank] + boxes[rank + 1:],
+                                          within=(x0, y0, x1, y1)))
+        return sorted(out, key=lambda b: -b.score)
