@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-#: The page's files (package data of ``streamer.serve``).
+#: The page's files (package data of ``streamer.serve.service``).
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 router: APIRouter = APIRouter()
