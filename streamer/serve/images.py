@@ -14,15 +14,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from streamer.core.types import MAX_PARSE_ASPECT, MIN_PARSE_SIDE, unparseable_size
 from streamer.serve.errors import ApiError
 from streamer.vision.render import PALETTE
 
 #: Formats accepted by POST /api/parse (what Pillow reports as ``Image.format``).
 IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
-#: The smallest side and the most elongated shape POST /api/parse accepts: below 8 px nobody
-#: can be parsed, and past 20:1 (a 1x40000 strip) the detector's downscale rounds a side to 0.
-MIN_IMAGE_SIDE = 8
-MAX_ASPECT_RATIO = 20
 
 
 def probe_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
@@ -48,11 +45,11 @@ def probe_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
                             "TIFF)")
     if width <= 0 or height <= 0:
         raise ApiError(400, f"the image declares an empty size {width}x{height}")
-    short, long = min(width, height), max(width, height)
-    if short < MIN_IMAGE_SIDE or long > MAX_ASPECT_RATIO * short:
+    # The same limits as every other entry point (core.types): 8 px a side, 20:1.
+    if unparseable_size(height, width) is not None:
         raise ApiError(422, f"the image is {width}x{height} pixels: its shorter side must be at "
-                            f"least {MIN_IMAGE_SIDE} px and its longer side at most "
-                            f"{MAX_ASPECT_RATIO} times the shorter; crop or pad it")
+                            f"least {MIN_PARSE_SIDE} px and its longer side at most "
+                            f"{MAX_PARSE_ASPECT} times the shorter; crop or pad it")
     if width * height > max_pixels:
         raise ApiError(413, f"the image declares {width}x{height} = {width * height} pixels, "
                             f"over the limit of {max_pixels} (serve.max_pixels); refused "
