@@ -338,7 +338,7 @@ def test_every_entry_point_defaults_to_auto(tmp_path):
     from streamer.apps import cli, evaluate
     from streamer.batch import runner as batch
     from streamer.config import load_config
-    from streamer.serve import service as serve
+    from streamer.serve import settings as serve
 
     assert load_config().detector.type == "auto"
     for name in ("default", "file", "rtsp", "webcam"):

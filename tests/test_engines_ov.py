@@ -158,7 +158,7 @@ def test_bf16_runs_in_bf16_where_the_cpu_has_it(tiny_single_model, reference, ca
 BF16_CHILD = """
 import json, logging, sys
 import numpy as np
-from streamer.calibrate import default_candidates
+from streamer.parsing.calibrate import default_candidates
 from streamer.parsing.engines import cpu_has_bf16
 from streamer.parsing.parser import HumanParser, ParserOptions
 records = []

@@ -29,14 +29,10 @@ from media_helpers import make_clip, wait_for_port
 from PIL import Image
 
 from streamer.core.metrics import RunMetrics
-from streamer.serve.service import (
-    BackgroundServer,
-    MemoryCache,
-    ServeConfig,
-    Service,
-    load_settings,
-    main,
-)
+from streamer.serve.cache import MemoryCache
+from streamer.serve.runner import BackgroundServer, main
+from streamer.serve.service import Service
+from streamer.serve.settings import ServeConfig, load_settings
 from streamer.vision.render import PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]

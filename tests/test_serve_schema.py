@@ -14,7 +14,9 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402 (after the skip)
 
-from streamer.serve.service import BackgroundServer, Service, load_settings  # noqa: E402
+from streamer.serve.runner import BackgroundServer  # noqa: E402
+from streamer.serve.service import Service  # noqa: E402
+from streamer.serve.settings import load_settings  # noqa: E402
 
 TOKEN = "schema-token"
 

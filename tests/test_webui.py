@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 from media_helpers import make_clip
 
-from streamer.serve.service import BackgroundServer, Service, load_settings
+from streamer.serve.runner import BackgroundServer
+from streamer.serve.service import Service
+from streamer.serve.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -285,7 +285,7 @@ def _run_streams(args: argparse.Namespace, stopper: SignalStop) -> int:
 # Subcommands live in their own modules; each has main(argv) -> exit code.
 SUBCOMMANDS = {
     "eval": "streamer.apps.evaluate",
-    "serve": "streamer.serve.service",
+    "serve": "streamer.serve.runner",
     "batch": "streamer.batch.runner",
     "fetch": "streamer.apps.fetch",
 }

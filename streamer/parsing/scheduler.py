@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamer.core.types import Frame
-from streamer.io.buffers import BufferPolicy, FrameBuffer
+from streamer.io.buffers import LatestBuffer
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import Detector, DetectorOptions, make_detector
 
@@ -41,7 +41,7 @@ __all__ = ["Lane", "ParseScheduler"]
 log = logging.getLogger("streamer.scheduler")
 
 
-class Lane(FrameBuffer):
+class Lane(LatestBuffer):
     """One stream's newest-frame slot in a :class:`ParseScheduler` (``latest`` policy).
 
     The stream's reader calls :meth:`put` (a newer frame replaces an unparsed one, counted in
@@ -56,12 +56,10 @@ class Lane(FrameBuffer):
         >>> scheduler.remove(lane)
     """
 
-    policy = BufferPolicy.LATEST
-
     def __init__(self, scheduler: ParseScheduler, name: str, work: Callable[[Frame], Any],
                  priority: float = 1.0,
                  on_error: Callable[[BaseException], None] | None = None) -> None:
-        super().__init__(1)
+        super().__init__()
         if not priority > 0:
             raise ValueError(f"stream priority must be > 0, not {priority!r}")
         self._cond = scheduler.condition  # one condition: any lane's frame wakes the worker
@@ -75,17 +73,6 @@ class Lane(FrameBuffer):
         self.parse_seconds = 0.0
         self.last_capture: float | None = None  # capture time of the frame last parsed
         self.error: BaseException | None = None
-
-    def put(self, item: Frame) -> bool:
-        with self._cond:
-            if self._closed:
-                return False
-            if self._items:
-                self._items.popleft()
-                self.dropped += 1
-            self._items.append(item)
-            self._cond.notify_all()
-            return True
 
     @property
     def pending(self) -> bool:
