@@ -13,10 +13,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from streamer.apps.common import yaml_quote
+from streamer.apps.common import SignalStop, yaml_quote
 from streamer.core.heap import return_large_buffers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -114,35 +113,39 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-class SignalStop:
+class RunStop(SignalStop):
     """First SIGINT/SIGTERM: stop gracefully (write out the frames already parsed, finalise
     the outputs). Second: stop at once, skipping the queued frames but still finalising the
-    outputs with what they hold. Third (or a second before any output): exit at once."""
+    outputs with what they hold. Third (or a second before any output): exit at once.
+
+    ``target`` is what is running (a ``Pipeline``, or the streams of ``--output-dir``): it
+    has ``stop()`` and ``abort()``.
+    """
 
     def __init__(self) -> None:
-        self.code: int | None = None
+        super().__init__(self._stop, self._abort, self._exit)
         self.target: Any = None
         self.forced = False
 
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        code = 128 + signum
-        if self.code is not None:
-            if self.forced or self.target is None:
-                os._exit(self.code)
-            self.forced = True
-            print("stopping at once; closing the output with what it holds, press Ctrl-C "
-                  "again to quit without finalising it", file=sys.stderr, flush=True)
-            self.target.abort()
-            return
-        self.code = code
+    def _stop(self, signum: int) -> None:
         print(f"\nstopping ({signal.Signals(signum).name}); finishing the output, "
               "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
         if self.target is not None:
             self.target.stop()
 
+    def _abort(self, signum: int) -> None:
+        if self.target is None:
+            self._exit(signum)
+        self.forced = True
+        print("stopping at once; closing the output with what it holds, press Ctrl-C "
+              "again to quit without finalising it", file=sys.stderr, flush=True)
+        self.target.abort()
+
+    def _exit(self, signum: int) -> None:
+        os._exit(self.code or 128 + signum)
+
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
+        super().install()
         atexit.register(self._exit_if_forced)
 
     def _exit_if_forced(self) -> None:
@@ -265,7 +268,7 @@ def _show_notices() -> None:
         notice.propagate = False
 
 
-def _run_streams(args: argparse.Namespace, stopper: SignalStop) -> int:
+def _run_streams(args: argparse.Namespace, stopper: RunStop) -> int:
     from streamer.apps.streams import run_streams
     from streamer.core.errors import ConfigError
 
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.log_level != "ERROR":
         _show_notices()
-    stopper = SignalStop()
+    stopper = RunStop()
     stopper.install()
     from streamer.core.errors import ConfigError, StreamerError
 

@@ -81,17 +81,15 @@ import math
 import os
 import queue
 import re
-import signal
 import socket
 import sys
 import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -111,7 +109,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamer.apps.common import yaml_quote
+from streamer.apps.common import SignalStop, yaml_quote
 from streamer.config import (
     Config,
     build_section,
@@ -1761,22 +1759,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _recording_signals() -> Iterator[list[int]]:
-    """Records SIGINT/SIGTERM that uvicorn re-raises after its graceful shutdown."""
-    seen: list[int] = []
-
-    def record(signum: int, frame: FrameType | None) -> None:
-        seen.append(signum)
-
-    previous = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield seen
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py serve``: 0 on a clean stop, 1 on a run-time problem, 2 on bad
     configuration, 130 / 143 when stopped by SIGINT / SIGTERM (after a graceful shutdown)."""
@@ -1818,11 +1800,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"streamer: serving on http://{shown}:{port} (web page /, API /docs, metrics "
           "/metrics)", flush=True)
     server = _Server(_uvicorn_config(create_app(service), settings, args.log_level), service)
-    with _recording_signals() as signals:
+    # Records SIGINT/SIGTERM that uvicorn re-raises after its graceful shutdown.
+    with SignalStop() as signals:
         server.run(sockets=[sock])
-    if signals:
-        return 128 + signals[-1]
-    return 0
+    return signals.last_code or 0
 
 
 if __name__ == "__main__":
