@@ -26,7 +26,8 @@ def test_signal_stop_runs_one_action_per_signal_and_restores_handlers():
 
     seen: list[tuple[str, int]] = []
     before = signal.getsignal(signal.SIGTERM)
-    with SignalStop(lambda s: seen.append(("stop", s)), lambda s: seen.append(("abort", s))) as stop:
+    stopper = SignalStop(lambda s: seen.append(("stop", s)), lambda s: seen.append(("abort", s)))
+    with stopper as stop:
         assert signal.getsignal(signal.SIGINT) is stop
         assert stop.code is None and stop.last_code is None
         signal.raise_signal(signal.SIGTERM)
