@@ -163,6 +163,7 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
 
     from streamer.io.sources import open_source
     from streamer.parsing.parser import HumanParser
+    from streamer.parsing.photo import parse_image, photo_detector
     from streamer.vision.render import Renderer
 
     with open_source(source, config.source) as images:
@@ -179,16 +180,8 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
 
         raise SourceError(f"{source}: image of {reason}", hint="pass a larger image")
     parser = HumanParser(config.parser)
-    if config.detector.type == "full" or not parser.single_person:
-        result = parser.parse(frame.image)
-    else:
-        from streamer.vision.detect import PersonFinder, make_detector, photo_persons
-
-        detector = make_detector(config.detector, still=True)
-        persons = PersonFinder(config.detector, detector=detector).find(frame.image, 0)
-        h, w = frame.image.shape[:2]
-        # Nobody found: the whole image is one person if it looks like a crop of one.
-        result = parser.parse(frame.image, photo_persons(persons, w, h))
+    result = parse_image(frame.image, parser, photo_detector(parser, config.detector),
+                         config.detector)
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
     if config.output.labels_dir:

@@ -126,13 +126,11 @@ from streamer.io.sources import LIVE_SCHEMES, redact_url
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.parsing.engines import file_digest
 from streamer.parsing.parser import HumanParser, ParserOptions
+from streamer.parsing.photo import parse_image, photo_detector
 from streamer.pipeline import Parsed, Pipeline
 from streamer.vision.detect import (
     Detector,
     DetectorOptions,
-    PersonFinder,
-    make_detector,
-    photo_persons,
 )
 from streamer.vision.render import PALETTE, PERSON_ONLY, OverlayStyle, Renderer, class_name
 
@@ -553,14 +551,7 @@ class ParseWorker:
     detector_options: DetectorOptions
 
     def parse(self, image: np.ndarray) -> ParseResult:
-        persons = None
-        if self.detector is not None:
-            # A fresh tracker for every photo: ids restart at 1, nothing carries over.
-            finder = PersonFinder(self.detector_options, detector=self.detector)
-            h, w = image.shape[:2]
-            # Nobody found: the whole image is one person if it looks like a crop of one.
-            persons = photo_persons(finder.find(image, 0), w, h)
-        return self.parser.parse(image, persons)
+        return parse_image(image, self.parser, self.detector, self.detector_options)
 
 
 class ParsePool:
@@ -616,9 +607,7 @@ class ParsePool:
     def _load(self) -> ParseWorker:
         parser = HumanParser(self.parser_options)
         parser.warm_up()
-        detector = None
-        if parser.single_person and self.detector_options.type != "full":
-            detector = make_detector(self.detector_options, still=True)
+        detector = photo_detector(parser, self.detector_options)
         worker = ParseWorker(parser, detector, self.detector_options)
         with self._lock:
             if not self.ready.done():
