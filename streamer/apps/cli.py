@@ -161,6 +161,7 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     import numpy as np
     from PIL import Image
 
+    from streamer.core.types import Output
     from streamer.io.sources import open_source
     from streamer.parsing.parser import HumanParser
     from streamer.parsing.photo import parse_image, photo_detector
@@ -184,19 +185,21 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
                          config.detector)
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
+    item = Output(frame, overlay, result, {
+        "index": 0, "timestamp": 0.0, "parsed": True,
+        "persons": [p.to_json() for p in result.persons],
+        "class_pixels": result.class_pixel_counts()})
     if config.output.labels_dir:
         from streamer.io.sinks import LabelMapSink
 
         with LabelMapSink(config.output.labels_dir, fmt=config.output.labels_format,
                           instances=config.output.labels_instances) as sink:
-            sink.write(result.labels, frame.index, result.instances, name=frame.name)
+            sink.write(item)
     if config.output.stats_jsonl:
         from streamer.io.sinks import JsonlStatsSink
 
         with JsonlStatsSink(config.output.stats_jsonl) as stats:
-            stats.write({"index": 0, "timestamp": 0.0, "parsed": True,
-                         "persons": [p.to_json() for p in result.persons],
-                         "class_pixels": result.class_pixel_counts()})
+            stats.write(item)
     counts = result.class_pixel_counts()
     counts.pop("Background", None)
     classes = ", ".join(f"{name} {pixels}" for name, pixels in counts.items()) or "none"
