@@ -123,25 +123,25 @@ class RunStop(SignalStop):
     """
 
     def __init__(self) -> None:
-        super().__init__(self._stop, self._abort, self._exit)
+        super().__init__(self._graceful, self._at_once, self._quit)
         self.target: Any = None
         self.forced = False
 
-    def _stop(self, signum: int) -> None:
+    def _graceful(self, signum: int) -> None:
         print(f"\nstopping ({signal.Signals(signum).name}); finishing the output, "
               "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
         if self.target is not None:
             self.target.stop()
 
-    def _abort(self, signum: int) -> None:
+    def _at_once(self, signum: int) -> None:
         if self.target is None:
-            self._exit(signum)
+            self._quit(signum)
         self.forced = True
         print("stopping at once; closing the output with what it holds, press Ctrl-C "
               "again to quit without finalising it", file=sys.stderr, flush=True)
         self.target.abort()
 
-    def _exit(self, signum: int) -> None:
+    def _quit(self, signum: int) -> None:
         os._exit(self.code or 128 + signum)
 
     def install(self) -> None:
