@@ -36,7 +36,7 @@ import numpy as np
 from streamer.config import Config
 from streamer.core.errors import ConfigError, SourceError
 from streamer.core.metrics import RunMetrics
-from streamer.core.types import Frame, ParseResult, Person, unparseable_size
+from streamer.core.types import Frame, Output, ParseResult, Person, VideoInfo, unparseable_size
 from streamer.io.buffers import BufferPolicy, DropOldestBuffer, FrameBuffer, make_buffer
 from streamer.io.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
 from streamer.io.sources import ImageSource, Source, open_source
@@ -302,8 +302,11 @@ class Pipeline:
             outbox.finish(error)
 
     def _work(self, inbox: FrameBuffer, outbox: FrameBuffer | None, every: int,
-              detect: bool) -> None:
-        """Parses one frame in ``every``; with ``detect``, finds the people first (live)."""
+              detect: bool, errors: FrameBuffer | None = None) -> None:
+        """Parses one frame in ``every``; with ``detect``, finds the people first (live).
+
+        Results go to ``outbox``; with none (live: the consumer takes ``latest()``), an error
+        goes to ``errors``, whose consumer raises it."""
         finder = PersonFinder(self.config.detector) if detect else None
         memory = CropMemory(self.config.parse.reuse_threshold)
         error: BaseException | None = None
@@ -345,8 +348,8 @@ class Pipeline:
         finally:
             if outbox is not None:
                 outbox.finish(error)
-            elif error is not None:
-                self._worker_error = error
+            elif error is not None and errors is not None:
+                errors.fail(error)
 
     def _start(self, target: Any, *args: Any, name: str) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -360,8 +363,11 @@ class Pipeline:
 
     def items(self) -> Iterator[Parsed]:
         """Every output frame with its parse result, in order."""
+        yield from self._items_of(self._open())
+
+    def _open(self) -> Source:
+        """Open the source, pick the buffer policy, check the frame size, warm the parser."""
         cfg = self.config
-        self._worker_error = None
         source = open_source(self.uri, cfg.source)
         self._source = source
         try:
@@ -378,16 +384,29 @@ class Pipeline:
                                       hint="pass a larger video or image")
             elif self.scheduler is None:  # a shared parser is warmed by whoever built it
                 self.parser.warm_up((info.height, info.width))
-            if policy is BufferPolicy.LATEST and cfg.output.frames == "all":
-                yield from self._items_live(source)
-            elif self.scheduler is not None:
+            if self.scheduler is not None and not self._live_items(policy):
                 raise ConfigError(
                     f"stream {self.name}: a shared parse scheduler serves live sources only "
                     f"(with output.frames: all), and {self.uri} is not one",
                     hint="set source.realtime: true to pace a file as a live stream, or run "
                          "files with run_stream.py batch")
+        except BaseException:
+            self._stop.set()
+            source.close()
+            raise
+        return source
+
+    def _live_items(self, policy: BufferPolicy) -> bool:
+        return policy is BufferPolicy.LATEST and self.config.output.frames == "all"
+
+    def _items_of(self, source: Source) -> Iterator[Parsed]:
+        """The frames of the opened ``source``; stops the threads and closes it at the end."""
+        assert self.policy is not None
+        try:
+            if self._live_items(self.policy):
+                yield from self._items_live(source)
             else:
-                yield from self._items_ordered(source, policy)
+                yield from self._items_ordered(source, self.policy)
         finally:
             self._stop.set()
             if self._lane is not None and self.scheduler is not None:
@@ -448,11 +467,9 @@ class Pipeline:
         if self.scheduler is None:
             # Live: detect and parse the newest frame back to back; detecting ahead would add
             # a whole parse time to the latency of what is shown.
-            self._start(self._work, parse_slot, None, 1, True, name="streamer-parser")
+            self._start(self._work, parse_slot, None, 1, True, display, name="streamer-parser")
         carrier = Carrier.from_config(cfg.render)  # render.propagate / render.stability
         while (frame := display.get()) is not None:
-            if self._worker_error is not None:
-                raise self._worker_error
             latest = self.latest()
             if latest is None or latest.frame.image.shape != frame.image.shape:
                 # Nothing parsed yet, or a parse from before the stream changed size
@@ -465,8 +482,6 @@ class Pipeline:
                 frame.image, frame.index, latest.result, source_image=latest.frame.image,
                 source_index=latest.frame.index, velocities=latest.velocities), fresh,
                 parse_capture=latest.frame.capture_time)
-        if self._worker_error is not None:
-            raise self._worker_error
 
     def _join_scheduler(self, scheduler: ParseScheduler, display: FrameBuffer) -> FrameBuffer:
         """This stream's lane in the shared scheduler: its own tracker and crop memory, the
@@ -485,11 +500,8 @@ class Pipeline:
             with self._latest_lock:
                 self._latest = item
 
-        def failed(error: BaseException) -> None:
-            self._worker_error = error
-            display.close()
-
-        lane = scheduler.add(self.name, parse_newest, priority=self.priority, on_error=failed)
+        lane = scheduler.add(self.name, parse_newest, priority=self.priority,
+                             on_error=display.fail)
         self._lane = lane
         return lane
 
@@ -505,75 +517,44 @@ class Pipeline:
         renderer = Renderer(self.config.render)
         progress = None
         estimate = _Estimate(self.config.parse.every) if on_estimate is not None else None
+        source = self._open()
+        items = self._items_of(source)
         with contextlib.ExitStack() as stack:
-            sinks_opened = False
-            video: VideoFileSink | SegmentedVideoSink | None = None
-            window: WindowSink | None = None
-            labels: LabelMapSink | None = None
-            stats: JsonlStatsSink | None = None
-            for item in self.items():
-                if not sinks_opened:
-                    sinks_opened = True
-                    info = self.source.info
-                    if cfg.path and cfg.segment_seconds:
-                        from streamer.io.segments import SegmentedVideoSink
+            stack.callback(items.close)  # a failing sink: stop the threads, close the source
+            try:
+                video, window, labels, stats = self._open_sinks(stack, source.info)
+            except BaseException:
+                self._stop.set()  # no frame asked for yet: items.close() has nothing to end
+                source.close()
+                raise
+            if show_progress is None:
+                show_progress = cfg.progress and not source.info.is_live
+            if show_progress:
+                from tqdm import tqdm
 
-                        path = Path(cfg.path)
-                        video = stack.enter_context(SegmentedVideoSink(
-                            path.with_suffix(""), info, segment_seconds=cfg.segment_seconds,
-                            keep_segments=cfg.keep_segments, max_disk_mb=cfg.max_disk_mb,
-                            suffix=path.suffix or ".mkv", codec=cfg.codec, crf=cfg.crf,
-                            preset=cfg.preset))
-                    elif cfg.path:
-                        # From a start time the video begins at 0 and the audio, copied
-                        # from the source's beginning, would not match it.
-                        audio = (str(self.uri) if info.has_audio and not info.is_live
-                                 and not self.config.source.start else None)
-                        if info.has_audio and self.config.source.start:
-                            log.warning("the audio is not copied when starting at %g s",
-                                        self.config.source.start)
-                        video = self._video = stack.enter_context(VideoFileSink(
-                            cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
-                            preset=cfg.preset))
-                        if self._hurry:
-                            video.hurry()
-                    if cfg.show:
-                        window = stack.enter_context(WindowSink(f"streamer: {self.uri}"))
-                    if cfg.labels_dir:
-                        labels = stack.enter_context(
-                            LabelMapSink(cfg.labels_dir, fmt=cfg.labels_format,
-                                         instances=cfg.labels_instances))
-                    if cfg.stats_jsonl:
-                        stats = stack.enter_context(JsonlStatsSink(cfg.stats_jsonl))
-                    if show_progress is None:
-                        show_progress = cfg.progress and not info.is_live
-                    if show_progress:
-                        from tqdm import tqdm
-
-                        progress = stack.enter_context(tqdm(
-                            total=info.frame_count, unit="frame", dynamic_ncols=True,
-                            desc="parsing", leave=True))
+                progress = stack.enter_context(tqdm(
+                    total=source.info.frame_count, unit="frame", dynamic_ncols=True,
+                    desc="parsing", leave=True))
+            for item in items:
                 frame, result = item.frame, item.result
                 started = time.perf_counter()
                 image = renderer.render(frame.image, result) if result is not None else frame.image
                 self.metrics.add_stage("render", time.perf_counter() - started)
                 started = time.perf_counter()
+                out = Output(frame, image, result)
                 if video is not None:
-                    video.write(image, frame.pts, frame.time_base)
-                if window is not None and not window.write(image):
+                    video.write(out)
+                if window is not None and not window.write(out):
                     self.stop()
                 if labels is not None:
-                    labels.write(
-                        result.labels if result is not None
-                        else np.zeros(frame.image.shape[:2], np.uint8), frame.index,
-                        result.instances if result is not None else None,
-                        name=frame.name)
+                    labels.write(out)
                 self.metrics.add_stage("encode", time.perf_counter() - started)
                 self.metrics.add_output(frame.capture_time)
                 if item.parse_capture is not None:
                     self.metrics.add_overlay(item.parse_capture)
                 if stats is not None:
-                    stats.write(self._frame_record(item))
+                    out.record = self._frame_record(item)
+                    stats.write(out)
                 if progress is not None:
                     progress.update(1)
                     progress.set_postfix(parsed=self.metrics.frames_parsed, refresh=False)
@@ -587,6 +568,42 @@ class Pipeline:
         if cfg.metrics:
             self.metrics.write_json(cfg.metrics)
         return summary
+
+    def _open_sinks(self, stack: contextlib.ExitStack, info: VideoInfo) -> tuple[
+            VideoFileSink | SegmentedVideoSink | None, WindowSink | None, LabelMapSink | None,
+            JsonlStatsSink | None]:
+        """The configured sinks (video or segments, window, label maps, stats), opened in
+        ``stack``; ``None`` for each one not asked for."""
+        cfg = self.config.output
+        video: VideoFileSink | SegmentedVideoSink | None = None
+        if cfg.path and cfg.segment_seconds:
+            from streamer.io.segments import SegmentedVideoSink
+
+            path = Path(cfg.path)
+            video = stack.enter_context(SegmentedVideoSink(
+                path.with_suffix(""), info, segment_seconds=cfg.segment_seconds,
+                keep_segments=cfg.keep_segments, max_disk_mb=cfg.max_disk_mb,
+                suffix=path.suffix or ".mkv", codec=cfg.codec, crf=cfg.crf,
+                preset=cfg.preset))
+        elif cfg.path:
+            # From a start time the video begins at 0 and the audio, copied
+            # from the source's beginning, would not match it.
+            audio = (str(self.uri) if info.has_audio and not info.is_live
+                     and not self.config.source.start else None)
+            if info.has_audio and self.config.source.start:
+                log.warning("the audio is not copied when starting at %g s",
+                            self.config.source.start)
+            video = self._video = stack.enter_context(VideoFileSink(
+                cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
+                preset=cfg.preset))
+            if self._hurry:
+                video.hurry()
+        window = stack.enter_context(WindowSink(f"streamer: {self.uri}")) if cfg.show else None
+        labels = stack.enter_context(
+            LabelMapSink(cfg.labels_dir, fmt=cfg.labels_format,
+                         instances=cfg.labels_instances)) if cfg.labels_dir else None
+        stats = stack.enter_context(JsonlStatsSink(cfg.stats_jsonl)) if cfg.stats_jsonl else None
+        return video, window, labels, stats
 
     def _frame_record(self, item: Parsed) -> dict[str, Any]:
         record: dict[str, Any] = {

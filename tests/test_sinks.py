@@ -341,3 +341,36 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
         {"frame": 0, "latency_ms": 81.5, "persons": 2},
         {"frame": 1, "fps": "25", "classes": [1, 2]},
     ]
+
+
+def test_every_sink_takes_the_same_output_item(tmp_path: Path) -> None:
+    """One contract: the video, segment, label-map and stats sinks each write one Output."""
+    from streamer.core.types import Frame, Output, ParseResult
+    from streamer.io.segments import SegmentedVideoSink
+
+    info = VideoInfo(width=64, height=48, fps=25.0, time_base=Fraction(1, 90000))
+    labels = np.zeros((48, 64), np.uint8)
+    labels[10:20, 10:30] = 5
+    result = ParseResult(labels, ("Background",) + tuple(f"c{i}" for i in range(1, 20)))
+    items = [Output(Frame(i, np.full((48, 64, 3), 40 * i, np.uint8), i / 25, 0.0, i * 3600,
+                          Fraction(1, 90000), name=f"img{i}"),
+                    np.full((48, 64, 3), 40 * i, np.uint8), result if i % 2 else None,
+                    {"index": i, "parsed": bool(i % 2)}) for i in range(4)]
+    with contextlib.ExitStack() as stack:
+        sinks = [stack.enter_context(VideoFileSink(tmp_path / "out.mkv", info)),
+                 stack.enter_context(SegmentedVideoSink(tmp_path / "seg", info,
+                                                        segment_seconds=60)),
+                 stack.enter_context(LabelMapSink(tmp_path / "labels")),
+                 stack.enter_context(JsonlStatsSink(tmp_path / "stats.jsonl"))]
+        for item in items:
+            for sink in sinks:
+                sink.write(item)
+    assert probe(tmp_path / "out.mkv")["times"] == pytest.approx([0.0, 0.04, 0.08, 0.12])
+    assert sinks[1].frames_written == 4 and len(sinks[1].segments) == 1
+    assert sorted(p.name for p in (tmp_path / "labels").iterdir()) == [
+        f"img{i}.png" for i in range(4)]
+    maps = [cv2.imread(str(tmp_path / "labels" / f"img{i}.png"), cv2.IMREAD_UNCHANGED)
+            for i in range(2)]
+    assert not maps[0].any() and (maps[1] == labels).all()  # no result: all background
+    lines = (tmp_path / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [item.record for item in items]

@@ -13,10 +13,9 @@ import os
 import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-from streamer.apps.common import yaml_quote
+from streamer.apps.common import SignalStop, yaml_quote
 from streamer.core.heap import return_large_buffers
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -115,35 +114,39 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-class SignalStop:
+class RunStop(SignalStop):
     """First SIGINT/SIGTERM: stop gracefully (write out the frames already parsed, finalise
     the outputs). Second: stop at once, skipping the queued frames but still finalising the
-    outputs with what they hold. Third (or a second before any output): exit at once."""
+    outputs with what they hold. Third (or a second before any output): exit at once.
+
+    ``target`` is what is running (a ``Pipeline``, or the streams of ``--output-dir``): it
+    has ``stop()`` and ``abort()``.
+    """
 
     def __init__(self) -> None:
-        self.code: int | None = None
+        super().__init__(self._graceful, self._at_once, self._quit)
         self.target: Any = None
         self.forced = False
 
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        code = 128 + signum
-        if self.code is not None:
-            if self.forced or self.target is None:
-                os._exit(self.code)
-            self.forced = True
-            print("stopping at once; closing the output with what it holds, press Ctrl-C "
-                  "again to quit without finalising it", file=sys.stderr, flush=True)
-            self.target.abort()
-            return
-        self.code = code
+    def _graceful(self, signum: int) -> None:
         print(f"\nstopping ({signal.Signals(signum).name}); finishing the output, "
               "press Ctrl-C again to stop at once", file=sys.stderr, flush=True)
         if self.target is not None:
             self.target.stop()
 
+    def _at_once(self, signum: int) -> None:
+        if self.target is None:
+            self._quit(signum)
+        self.forced = True
+        print("stopping at once; closing the output with what it holds, press Ctrl-C "
+              "again to quit without finalising it", file=sys.stderr, flush=True)
+        self.target.abort()
+
+    def _quit(self, signum: int) -> None:
+        os._exit(self.code or 128 + signum)
+
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self)
-        signal.signal(signal.SIGTERM, self)
+        super().install()
         atexit.register(self._exit_if_forced)
 
     def _exit_if_forced(self) -> None:
@@ -159,8 +162,10 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
     import numpy as np
     from PIL import Image
 
+    from streamer.core.types import Output
     from streamer.io.sources import open_source
     from streamer.parsing.parser import HumanParser
+    from streamer.parsing.photo import parse_image, photo_detector
     from streamer.vision.render import Renderer
 
     with open_source(source, config.source) as images:
@@ -177,31 +182,25 @@ def _parse_photo(config: Any, source: str, output: str) -> None:
 
         raise SourceError(f"{source}: image of {reason}", hint="pass a larger image")
     parser = HumanParser(config.parser)
-    if config.detector.type == "full" or not parser.single_person:
-        result = parser.parse(frame.image)
-    else:
-        from streamer.vision.detect import PersonFinder, make_detector, photo_persons
-
-        detector = make_detector(config.detector, still=True)
-        persons = PersonFinder(config.detector, detector=detector).find(frame.image, 0)
-        h, w = frame.image.shape[:2]
-        # Nobody found: the whole image is one person if it looks like a crop of one.
-        result = parser.parse(frame.image, photo_persons(persons, w, h))
+    result = parse_image(frame.image, parser, photo_detector(parser, config.detector),
+                         config.detector)
     overlay = Renderer(config.render).render(frame.image, result)
     Image.fromarray(np.ascontiguousarray(overlay)).save(output)
+    item = Output(frame, overlay, result, {
+        "index": 0, "timestamp": 0.0, "parsed": True,
+        "persons": [p.to_json() for p in result.persons],
+        "class_pixels": result.class_pixel_counts()})
     if config.output.labels_dir:
         from streamer.io.sinks import LabelMapSink
 
         with LabelMapSink(config.output.labels_dir, fmt=config.output.labels_format,
                           instances=config.output.labels_instances) as sink:
-            sink.write(result.labels, frame.index, result.instances, name=frame.name)
+            sink.write(item)
     if config.output.stats_jsonl:
         from streamer.io.sinks import JsonlStatsSink
 
         with JsonlStatsSink(config.output.stats_jsonl) as stats:
-            stats.write({"index": 0, "timestamp": 0.0, "parsed": True,
-                         "persons": [p.to_json() for p in result.persons],
-                         "class_pixels": result.class_pixel_counts()})
+            stats.write(item)
     counts = result.class_pixel_counts()
     counts.pop("Background", None)
     classes = ", ".join(f"{name} {pixels}" for name, pixels in counts.items()) or "none"
@@ -266,7 +265,7 @@ def _show_notices() -> None:
         notice.propagate = False
 
 
-def _run_streams(args: argparse.Namespace, stopper: SignalStop) -> int:
+def _run_streams(args: argparse.Namespace, stopper: RunStop) -> int:
     from streamer.apps.streams import run_streams
     from streamer.core.errors import ConfigError
 
@@ -308,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.log_level != "ERROR":
         _show_notices()
-    stopper = SignalStop()
+    stopper = RunStop()
     stopper.install()
     from streamer.core.errors import ConfigError, StreamerError
 

@@ -362,14 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _predict(parser: Any, detector: Any, options: Any, image: np.ndarray) -> np.ndarray:
-    if detector is None or not parser.single_person:
-        return parser.parse(image).labels
-    from streamer.vision.detect import PersonFinder, photo_persons
+    from streamer.parsing.photo import parse_image
 
-    # Every image is a scene of its own: a fresh tracker, the detector shared.
-    persons = PersonFinder(options, detector=detector).find(image, 0)
-    h, w = image.shape[:2]
-    return parser.parse(image, photo_persons(persons, w, h)).labels
+    return parse_image(image, parser, detector, options).labels
 
 
 def _score_one(parser: Any, detector: Any, options: Any, image_path: Path, label_path: Path,
@@ -420,14 +415,11 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
         print(f"note: {len(unlabelled)} image(s) without a label skipped", file=sys.stderr)
 
     from streamer.parsing.parser import HumanParser
+    from streamer.parsing.photo import photo_detector
 
     parser = HumanParser(config.parser)
-    detector = None
     options = replace(config.detector, type=args.detector) if args.detector else config.detector
-    if options.type != "full" and parser.single_person:
-        from streamer.vision.detect import make_detector
-
-        detector = make_detector(options, still=True)
+    detector = photo_detector(parser, options)
     total = Confusion(len(parser.classes))
     per_image: list[ImageScore] = []
     with contextlib.ExitStack() as stack:

@@ -50,10 +50,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
-from streamer.apps.common import yaml_quote
+from streamer.apps.common import SignalStop, yaml_quote
 from streamer.apps.inputs import is_stream_uri, load_sources, stream_name
 from streamer.batch.workers import (
     ClusterError,
@@ -642,29 +641,24 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
-class _Signals:
-    """First SIGINT/SIGTERM: stop the batch gracefully. Second: exit at once."""
+class _BatchStop:
+    """The batch's signal actions. First SIGINT/SIGTERM: stop the batch gracefully. Second:
+    exit at once."""
 
     def __init__(self) -> None:
         self.runner: BatchRunner | None = None
-        self.code: int | None = None
 
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, self)
-            signal.signal(signal.SIGTERM, self)
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        if self.code is not None:
-            if self.runner is not None:
-                self.runner.backend.close(force=True)
-            os._exit(128 + signum)
-        self.code = 128 + signum
+    def stop(self, signum: int) -> None:
         print(f"\nstopping ({signal.Signals(signum).name}): running files keep what they "
               "wrote as NAME.partial.mp4, nothing new starts; press Ctrl-C again to quit at "
               "once", file=sys.stderr, flush=True)
         if self.runner is not None:
             self.runner.stop(signum)
+
+    def exit(self, signum: int) -> None:
+        if self.runner is not None:
+            self.runner.backend.close(force=True)
+        os._exit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -675,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    signals = _Signals()
+    actions = _BatchStop()
+    signals = SignalStop(actions.stop, actions.exit)
     signals.install()
     try:
         settings = BatchSettings(workers=args.workers, threads=args.threads,
@@ -703,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             # each node checks (and caches) the model itself before any work starts.
             resolve_model_dir(model)
         runner = BatchRunner(jobs, base, settings)
-        signals.runner = runner
+        actions.runner = runner
         signals.install()  # again: ray.init installs its own SIGTERM handler, which aborts
         if signals.code is not None:
             runner.stop(signals.code - 128)

@@ -6,8 +6,10 @@ nothing about its neighbours. Images are always RGB ``uint8`` arrays of shape ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 
@@ -163,3 +165,24 @@ class ParseResult:
     def class_pixel_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels.ravel(), minlength=len(self.classes))
         return {name: int(counts[i]) for i, name in enumerate(self.classes) if counts[i]}
+
+
+@dataclass
+class Output:
+    """What every sink's ``write(item)`` takes: one output frame, as the pipeline made it.
+
+    ``frame`` is the source frame (``index``, ``pts``/``time_base``, ``timestamp``, ``name``),
+    ``image`` the rendered RGB picture to show or encode, ``result`` the parse shown on it
+    (``None``: nothing parsed yet, or a frame too small to parse) and ``record`` the stats line
+    of the frame (``None`` when nobody asked for one).
+
+    Example:
+        >>> out = Output(frame, overlay, result, {"index": frame.index, "parsed": True})
+        >>> with VideoFileSink("out.mp4", info) as video, JsonlStatsSink("s.jsonl") as stats:
+        ...     video.write(out); stats.write(out)
+    """
+
+    frame: Frame
+    image: np.ndarray
+    result: ParseResult | None = None
+    record: Mapping[str, Any] | None = None

@@ -105,11 +105,17 @@ class FrameBuffer(Generic[T]):
         self._cond = threading.Condition()
         self._finished = False
         self._closed = False
+        self._refused = False  # fail(): the producers stop, the consumer gets the error
         self._error: BaseException | None = None
 
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
+
+    @property
+    def _shut(self) -> bool:
+        """Whether ``put`` refuses items: closed by the consumer, or failed."""
+        return self._closed or self._refused
 
     @property
     def closed(self) -> bool:
@@ -121,11 +127,27 @@ class FrameBuffer(Generic[T]):
         raise NotImplementedError
 
     def finish(self, error: BaseException | None = None) -> None:
-        """Producer: no more items. ``error``, if given, is raised by the consumer's get()."""
+        """Producer: no more items. ``error``, if given, is raised by the consumer's get()
+        (the first error wins when several producers finish one buffer)."""
         with self._cond:
             self._finished = True
-            self._error = error
+            self._error = self._error or error
             self._cond.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        """A stage beside the producers failed: drop what is queued, refuse further items
+        (``put`` returns ``False``, so the producers stop) and raise ``error`` in the
+        consumer's next get().
+
+        Example:
+            >>> buf = make_buffer("wait", 2)
+            >>> buf.put(1), buf.fail(ValueError("parser failed")), buf.put(2)
+            (True, None, False)
+        """
+        with self._cond:
+            self._refused = True
+            self._items.clear()
+        self.finish(error)
 
     def close(self) -> None:
         """Abandon the buffer: wake a blocked producer (its put returns ``False``) and consumer."""
@@ -162,8 +184,8 @@ class WaitBuffer(FrameBuffer[T]):
 
     def put(self, item: T) -> bool:
         with self._cond:
-            self._cond.wait_for(lambda: len(self._items) < self.maxsize or self._closed)
-            if self._closed:
+            self._cond.wait_for(lambda: len(self._items) < self.maxsize or self._shut)
+            if self._shut:
                 return False
             self._items.append(item)
             self._cond.notify_all()
@@ -180,7 +202,7 @@ class LatestBuffer(FrameBuffer[T]):
 
     def put(self, item: T) -> bool:
         with self._cond:
-            if self._closed:
+            if self._shut:
                 return False
             if self._items:
                 self._items.popleft()
@@ -203,7 +225,7 @@ class DropOldestBuffer(FrameBuffer[T]):
 
     def put(self, item: T) -> bool:
         with self._cond:
-            if self._closed:
+            if self._shut:
                 return False
             if len(self._items) >= self.maxsize:
                 self._items.popleft()

@@ -14,7 +14,7 @@ Example:
     >>> with SegmentedVideoSink("rec/door", info, segment_seconds=60, keep_segments=24 * 60,
     ...                         max_disk_mb=50_000) as sink:
     ...     for frame in frames:
-    ...         sink.write(image, frame.pts, frame.time_base)
+    ...         sink.write(Output(frame, render(frame.image)))
     >>> [p.name for p in sink.segments][:1]
     ['20261201-093015.250.mkv']
 """
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from streamer.core.errors import SinkError
-from streamer.core.types import VideoInfo
+from streamer.core.types import Output, VideoInfo
 from streamer.io.sinks import VIDEO_SUFFIXES, VideoFileSink
 
 __all__ = ["SegmentedVideoSink", "list_segments", "segment_name"]
@@ -160,9 +160,14 @@ class SegmentedVideoSink:
             count -= 1
             log.info("deleted old segment %s", oldest)
 
-    def write(self, image: np.ndarray, pts: int | None = None,
+    def write(self, item: Output | np.ndarray, pts: int | None = None,
               time_base: Fraction | None = None) -> None:
-        """Write one RGB frame; starts a new segment once ``segment_seconds`` have passed."""
+        """Write ``item.image`` at its frame's ``pts`` (or an RGB image given alone, at ``pts``
+        in ``time_base``); starts a new segment once ``segment_seconds`` have passed."""
+        if isinstance(item, Output):
+            image, pts, time_base = item.image, item.frame.pts, item.frame.time_base
+        else:
+            image = item
         if self._closed:
             raise SinkError(f"segments in {self.folder} are already closed")
         now = self._stream_time(pts, time_base)

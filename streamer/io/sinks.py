@@ -2,6 +2,9 @@
 
 Every sink is a context manager that finalises its output on exit, also when an exception
 ends the ``with`` block, so a crash still leaves a playable video and complete JSON lines.
+Every sink's ``write(item)`` takes the same :class:`~streamer.core.types.Output` (the frame,
+the rendered image, the parse result, the stats record) and uses its part of it; the video,
+window and label-map sinks also take their part alone (an image, a label map).
 Problems the user can fix (a missing folder, a full disk, no GUI) are :class:`SinkError`
 with one line of text; call :func:`check_output_path` before any work so they show up early.
 
@@ -11,7 +14,7 @@ Example:
     ...     "out/parsed.mp4", source.info, audio_from="in.mp4"
     ... ) as sink:
     ...     for frame in source:
-    ...         sink.write(render(frame.image), frame.pts, frame.time_base)
+    ...         sink.write(Output(frame, render(frame.image)))
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import av
 import numpy as np
 
 from streamer.core.errors import SinkError
-from streamer.core.types import VideoInfo
+from streamer.core.types import Output, VideoInfo
 
 __all__ = [
     "VIDEO_SUFFIXES",
@@ -322,12 +325,18 @@ class VideoFileSink:
         return cv2.resize(image, (self.width, self.height), interpolation=interp)
 
     def write(
-        self, image: np.ndarray, pts: int | None = None, time_base: Fraction | None = None
+        self, item: Output | np.ndarray, pts: int | None = None,
+        time_base: Fraction | None = None
     ) -> None:
-        """Encode one RGB ``uint8`` frame at ``pts`` (in ``time_base``), or 1/fps after the last.
+        """Encode ``item.image`` at its frame's ``pts`` (in its ``time_base``), or 1/fps after
+        the last; or an RGB ``uint8`` image given alone, at ``pts`` in ``time_base``.
 
         Raises :class:`SinkError` if the file cannot be written (the partial file is closed).
         """
+        if isinstance(item, Output):
+            image, pts, time_base = item.image, item.frame.pts, item.frame.time_base
+        else:
+            image = item
         if self._closed:
             raise SinkError(f"video {self.path} is already closed")
         if pts is None:
@@ -601,8 +610,9 @@ class WindowSink:
                 hint="run --show on a desktop session (is DISPLAY set?)",
             ) from None
 
-    def write(self, image: np.ndarray) -> bool:
-        """Show an RGB frame; ``False`` once the user has quit."""
+    def write(self, item: Output | np.ndarray) -> bool:
+        """Show ``item.image`` (or an RGB image given alone); ``False`` once the user has quit."""
+        image = item.image if isinstance(item, Output) else item
         if self.closed_by_user:
             return False
         cv2 = self._cv2
@@ -686,11 +696,26 @@ class LabelMapSink:
             raise ValueError("label ids must lie in 0..255 to be saved as uint8")
         return labels.astype(np.uint8)
 
-    def write(self, labels: np.ndarray, index: int, instances: np.ndarray | None = None,
-              name: str | None = None) -> None:
-        """Save the label map of frame ``index`` (2-D, ids 0..255), and with ``instances`` on,
-        its person-id map (``None``: nobody, all zeros). A PNG is named ``name`` (the source
-        image's stem, so maps pair with their images) when given."""
+    def write(self, item: Output | np.ndarray, index: int | None = None,
+              instances: np.ndarray | None = None, name: str | None = None) -> None:
+        """Save the label map of ``item.result`` (no result: all background) under its frame's
+        index and name; or a label map given alone, of frame ``index``, with ``instances``
+        and ``name``.
+
+        A label map is 2-D, ids 0..255; with ``instances`` on, its person-id map is saved too
+        (``None``: nobody, all zeros). A PNG is named ``name`` (the source image's stem, so
+        maps pair with their images) when given, else after the index.
+        """
+        if isinstance(item, Output):
+            result, frame = item.result, item.frame
+            labels = (result.labels if result is not None
+                      else np.zeros(frame.image.shape[:2], np.uint8))
+            index, name = frame.index, frame.name
+            instances = result.instances if result is not None else None
+        elif index is None:
+            raise TypeError("LabelMapSink.write(labels) needs the frame index")
+        else:
+            labels = item
         labels = self._as_uint8(labels)
         ids = None
         if self.instances:
@@ -815,8 +840,11 @@ class JsonlStatsSink:
         except OSError as exc:
             raise _write_failed(self.path, exc) from None
 
-    def write(self, record: Mapping[str, Any]) -> None:
-        """Write ``record`` as one line of JSON."""
+    def write(self, item: Output | Mapping[str, Any]) -> None:
+        """Write ``item.record`` (or a record given alone) as one line of JSON."""
+        record = item.record if isinstance(item, Output) else item
+        if record is None:
+            raise ValueError(f"frame {item.frame.index} has no stats record to write")
         line = json.dumps(dict(record), default=_jsonable, separators=(",", ":"))
         try:
             self._file.write(line + "\n")

@@ -30,12 +30,10 @@ from streamer.core.types import ParseResult
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.parsing.engines import file_digest
 from streamer.parsing.parser import HumanParser, ParserOptions
+from streamer.parsing.photo import parse_image, photo_detector
 from streamer.vision.detect import (
     Detector,
     DetectorOptions,
-    PersonFinder,
-    make_detector,
-    photo_persons,
 )
 
 log = logging.getLogger("streamer.serve")
@@ -56,14 +54,7 @@ class PhotoParser:
     detector_options: DetectorOptions
 
     def parse(self, image: np.ndarray) -> ParseResult:
-        persons = None
-        if self.detector is not None:
-            # A fresh tracker for every photo: ids restart at 1, nothing carries over.
-            finder = PersonFinder(self.detector_options, detector=self.detector)
-            h, w = image.shape[:2]
-            # Nobody found: the whole image is one person if it looks like a crop of one.
-            persons = photo_persons(finder.find(image, 0), w, h)
-        return self.parser.parse(image, persons)
+        return parse_image(image, self.parser, self.detector, self.detector_options)
 
 
 class ParsePool:
@@ -119,9 +110,7 @@ class ParsePool:
     def _load(self) -> PhotoParser:
         parser = HumanParser(self.parser_options)
         parser.warm_up()
-        detector = None
-        if parser.single_person and self.detector_options.type != "full":
-            detector = make_detector(self.detector_options, still=True)
+        detector = photo_detector(parser, self.detector_options)
         photo = PhotoParser(parser, detector, self.detector_options)
         with self._lock:
             if not self.ready.done():

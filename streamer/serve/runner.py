@@ -9,20 +9,16 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
 
-from streamer.apps.common import yaml_quote
+from streamer.apps.common import SignalStop, yaml_quote
 from streamer.core.errors import ConfigError
 from streamer.core.heap import return_large_buffers
 from streamer.serve.app import create_app
@@ -123,22 +119,6 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return p
 
 
-@contextlib.contextmanager
-def _recording_signals() -> Iterator[list[int]]:
-    """Records SIGINT/SIGTERM that uvicorn re-raises after its graceful shutdown."""
-    seen: list[int] = []
-
-    def record(signum: int, frame: FrameType | None) -> None:
-        seen.append(signum)
-
-    previous = {s: signal.signal(s, record) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield seen
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py serve``: 0 on a clean stop, 1 on a run-time problem, 2 on bad
     configuration, 130 / 143 when stopped by SIGINT / SIGTERM (after a graceful shutdown)."""
@@ -180,11 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"streamer: serving on http://{shown}:{port} (web page /, API /docs, metrics "
           "/metrics)", flush=True)
     server = _Server(_uvicorn_config(create_app(service), settings, args.log_level), service)
-    with _recording_signals() as signals:
+    # Records SIGINT/SIGTERM that uvicorn re-raises after its graceful shutdown.
+    with SignalStop() as signals:
         server.run(sockets=[sock])
-    if signals:
-        return 128 + signals[-1]
-    return 0
+    return signals.last_code or 0
 
 
 if __name__ == "__main__":
