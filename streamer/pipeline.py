@@ -26,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -399,7 +399,7 @@ class Pipeline:
     def _live_items(self, policy: BufferPolicy) -> bool:
         return policy is BufferPolicy.LATEST and self.config.output.frames == "all"
 
-    def _items_of(self, source: Source) -> Iterator[Parsed]:
+    def _items_of(self, source: Source) -> Generator[Parsed, None, None]:
         """The frames of the opened ``source``; stops the threads and closes it at the end."""
         assert self.policy is not None
         try:

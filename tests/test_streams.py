@@ -380,7 +380,7 @@ def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny
         run.add(SourceSpec(servers[0].url, config, "changes"))
         run.add(SourceSpec(servers[1].url, config, "steady"))
         time.sleep(1.5)
-        written = run.pipeline("steady").metrics.frames_written
+        written, since = run.pipeline("steady").metrics.frames_written, time.monotonic()
         servers[0].kill()
         servers[0].clip = bigger  # the camera comes back at another resolution
         servers[0].restart()
@@ -391,7 +391,9 @@ def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny
                 break
             assert time.monotonic() < deadline, "no parse at the new resolution"
             time.sleep(0.1)
+        time.sleep(max(0.0, since + 3.0 - time.monotonic()))  # a window long enough to rate
         steady_grew = run.pipeline("steady").metrics.frames_written - written
+        steady_fps = steady_grew / (time.monotonic() - since)
         run.stop()
         report = run.wait(timeout=30)
     finally:
@@ -399,6 +401,8 @@ def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny
             server.kill()
     rows = report["streams"]
     assert rows["changes"]["reconnects"] == 1 and rows["changes"]["error"] is None
-    assert rows["steady"]["reconnects"] == 0 and steady_grew >= 25
+    # The other camera went on being written (its source runs at 25 fps; a loaded 2-core
+    # machine may hold it back a little, a blocked stream would write nothing).
+    assert rows["steady"]["reconnects"] == 0 and steady_fps >= 10, (steady_grew, steady_fps)
     for name in ("changes", "steady"):  # the recording keeps its first size, and plays
         assert decoded_frames(tmp_path / f"{name}.mkv") == rows[name]["frames_written"]

@@ -844,6 +844,7 @@ class JsonlStatsSink:
         """Write ``item.record`` (or a record given alone) as one line of JSON."""
         record = item.record if isinstance(item, Output) else item
         if record is None:
+            assert isinstance(item, Output)
             raise ValueError(f"frame {item.frame.index} has no stats record to write")
         line = json.dumps(dict(record), default=_jsonable, separators=(",", ":"))
         try:
