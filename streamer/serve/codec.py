@@ -45,6 +45,7 @@ class ParseMeta(ParseSummary, total=False):
     entry), then ``cache`` and ``sha256`` (added per answer)."""
 
     parse_ms: float
+    wait_ms: float  # waiting for the shared model's turn (0 with a model of its own)
     engine: str
     model: str
     cache: str

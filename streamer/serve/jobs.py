@@ -22,10 +22,11 @@ def parse_job(photo: PhotoParser, data: bytes, max_pixels: int) -> bytes:
     """The cache entry (see :func:`~streamer.serve.codec.pack`) for an image's bytes."""
     image = decode_image(data, max_pixels)
     started = time.perf_counter()
-    result = photo.parser.parse(image) if photo.detector is None else photo.parse(image)
-    parse_ms = (time.perf_counter() - started) * 1000.0
+    result, parse_s = photo.parse_timed(image)
+    waited_s = max(0.0, time.perf_counter() - started - parse_s)
     meta = summarize(result, image.shape[1], image.shape[0])
-    meta["parse_ms"] = round(parse_ms, 1)
+    meta["parse_ms"] = round(parse_s * 1000.0, 1)
+    meta["wait_ms"] = round(waited_s * 1000.0, 1)  # for the shared model's turn
     meta["engine"] = photo.parser.options.engine
     meta["model"] = photo.parser.model_dir.name
     return pack(result, meta)

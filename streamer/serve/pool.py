@@ -1,4 +1,7 @@
-"""The photo parse pool behind ``POST /api/parse``: worker threads, each with its own model.
+"""The photo parse pool behind ``POST /api/parse``: worker threads that decode uploads and
+parse them, either on the server's one shared model (``load=``, see
+:mod:`streamer.serve.model`: the parse itself runs on the scheduler's thread) or each on a
+model of its own (``serve.photo_parser: separate``).
 
 Example:
     >>> pool = ParsePool(config.parser, config.detector, workers=2, queue_limit=8)
@@ -31,6 +34,7 @@ from streamer.m2fp.checkpoint import CHECKPOINT_FILE
 from streamer.parsing.engines import file_digest
 from streamer.parsing.parser import HumanParser, ParserOptions
 from streamer.parsing.photo import parse_image, photo_detector
+from streamer.serve.model import ScheduledPhotos
 from streamer.vision.detect import (
     Detector,
     DetectorOptions,
@@ -46,19 +50,36 @@ T = TypeVar("T")
 
 @dataclass
 class PhotoParser:
-    """Parses one photo: finds the people, then parses them. Each pool thread owns one (its
-    parser and detector are not thread-safe)."""
+    """Parses one photo: finds the people, then parses them.
+
+    Without ``scheduled`` each pool thread owns one (its parser and detector are not
+    thread-safe); with it, every pool thread shares one and the parse runs on the shared
+    scheduler's thread (``parser`` and ``detector`` are then only read, never run here).
+
+    Example:
+        >>> result, seconds = photo.parse_timed(image)
+    """
 
     parser: HumanParser
     detector: Detector | None
     detector_options: DetectorOptions
+    scheduled: ScheduledPhotos | None = None
+
+    def parse_timed(self, image: np.ndarray) -> tuple[ParseResult, float]:
+        """The parse and the seconds it took (not counting any wait for the shared model)."""
+        if self.scheduled is not None:
+            return self.scheduled.parse_timed(image)
+        started = time.perf_counter()
+        result = parse_image(image, self.parser, self.detector, self.detector_options)
+        return result, time.perf_counter() - started
 
     def parse(self, image: np.ndarray) -> ParseResult:
-        return parse_image(image, self.parser, self.detector, self.detector_options)
+        return self.parse_timed(image)[0]
 
 
 class ParsePool:
-    """``workers`` threads, each with its own parser, and an admission limit.
+    """``workers`` threads and an admission limit; each thread loads its own parser, or gets
+    the :class:`PhotoParser` that ``load()`` returns (one shared by all threads).
 
     :meth:`try_submit` admits a job while fewer than ``workers + queue`` are admitted and
     answers ``None`` otherwise (the caller then sends 503): the wait for a worker is bounded by
@@ -66,7 +87,8 @@ class ParsePool:
     """
 
     def __init__(self, parser: ParserOptions, detector: DetectorOptions, workers: int,
-                 queue_limit: int) -> None:
+                 queue_limit: int, *, load: Callable[[], PhotoParser] | None = None) -> None:
+        self.load = load
         cores = os.cpu_count() or 1
         self.workers = max(1, workers or cores)
         self.capacity = self.workers + max(0, queue_limit)
@@ -108,10 +130,14 @@ class ParsePool:
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
 
     def _load(self) -> PhotoParser:
-        parser = HumanParser(self.parser_options)
-        parser.warm_up()
-        detector = photo_detector(parser, self.detector_options)
-        photo = PhotoParser(parser, detector, self.detector_options)
+        if self.load is not None:
+            photo = self.load()
+        else:
+            parser = HumanParser(self.parser_options)
+            parser.warm_up()
+            detector = photo_detector(parser, self.detector_options)
+            photo = PhotoParser(parser, detector, self.detector_options)
+        parser = photo.parser
         with self._lock:
             if not self.ready.done():
                 self.classes = tuple(parser.classes)

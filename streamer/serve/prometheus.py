@@ -1,8 +1,10 @@
 """``GET /metrics``: the service's counters in the Prometheus text format (version 0.0.4).
 
 Every metric name here is part of the interface (dashboards read them): ``streamer_stream_*``
-per served stream, ``streamer_parse_*`` for the photo parse pool, and the server's
-``process_resident_memory_bytes``.
+per served stream (label ``stream``; ``streamer_stream_overlay_age_seconds`` is the honest
+age of the parse on screen, ``streamer_stream_parse_fps`` its share of the one model),
+``streamer_parse_*`` for the photo parse pool, ``streamer_model_*`` for the shared model, and
+the server's ``process_resident_memory_bytes``.
 
 Example:
     >>> print(metrics_text(service))
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 from streamer.core.metrics import percentiles
 from streamer.io.sources import redact_url
+from streamer.parsing.parser import HumanParser
 from streamer.serve.service import Service
 
 #: ``({label: value}, sample)`` rows of one metric.
@@ -68,6 +71,12 @@ def metrics_text(service: Service) -> str:
     out = MetricsText()
     add_stream_metrics(out, service)
     add_parse_metrics(out, service)
+    out.metric("streamer_model_parsers_built", "gauge",
+               "Parsers (loaded models) this process built; streams share one.",
+               [({}, HumanParser.built)])
+    out.metric("streamer_model_engines_built", "gauge",
+               "Engines (compiled networks) this process built.",
+               [({}, HumanParser.engines_built)])
     rss = _rss_bytes()
     if rss is not None:
         out.metric("process_resident_memory_bytes", "gauge", "Resident memory of the server.",
@@ -95,6 +104,18 @@ def add_stream_metrics(out: MetricsText, service: Service) -> None:
         "count over all.",
         [(lab, summaries[h.id]["latency_ms"], h.latency_sum_s,
           summaries[h.id]["frames_written"]) for lab, h in per])
+    out.summary(
+        "streamer_stream_overlay_age_seconds",
+        "Age of the overlay shown: capture of the frame that was parsed to a frame carrying "
+        "that parse published; quantiles over recent frames, sum and count over all.",
+        [(lab, summaries[h.id]["overlay_age_ms"], h.overlay_sum_s, h.overlay_count)
+         for lab, h in per])
+    out.metric("streamer_stream_parse_fps", "gauge",
+               "Frames parsed per second since start (this stream's share of the model).",
+               [(lab, summaries[h.id]["parse_fps"]) for lab, h in per])
+    out.metric("streamer_stream_priority", "gauge",
+               "Weight of the stream's overlay age when the shared model picks what to parse.",
+               [(lab, h.priority) for lab, h in per])
     for key, help_text in STREAM_COUNTERS:
         out.metric(f"streamer_stream_{key}_total", "counter", help_text,
                    [(lab, summaries[h.id][key]) for lab, h in per])

@@ -3,10 +3,12 @@ the counters, in one :class:`Service` that the HTTP layer (``streamer.serve.http
 
 Framework: **FastAPI on uvicorn** (one process, asyncio), not Flask behind gunicorn.
 
-* Everything worth serving is in-process state: the loaded model in a pool of parse workers,
-  the running :class:`~streamer.pipeline.Pipeline` threads and the latest frame of each
-  stream. gunicorn's pre-fork workers would each load their own model and only see the streams
-  they started themselves; with one worker they would need a thread per connection.
+* Everything worth serving is in-process state: the one loaded model (a
+  :class:`~streamer.parsing.scheduler.ParseScheduler` that every stream and, by default, the
+  photo uploads share: :mod:`streamer.serve.model`), the running
+  :class:`~streamer.pipeline.Pipeline` threads and the latest frame of each stream.
+  gunicorn's pre-fork workers would each load their own model and only see the streams they
+  started themselves; with one worker they would need a thread per connection.
 * MJPEG to slow viewers: a viewer here is a coroutine that sleeps on a future which the
   pipeline's thread resolves with ``call_soon_threadsafe`` when a new frame is published; that
   costs the pipeline one list swap, never a wait. A viewer that reads slowly is paused by
@@ -42,8 +44,10 @@ or as soon as a chunked body passes it); images whose header declares more than
 ``serve.max_pixels`` pixels get 413 before any pixel is decoded; bodies that are not an image
 get 415, broken ones 400, and images with a side under 8 px or a shape past 20:1 (a 1x40000
 strip) 422. An unexpected failure answers 500 with the same ``{"error": ...}`` shape. At
-most ``serve.workers`` parses run at once (default: one per core) and ``serve.queue`` more
-wait; past that the answer is 503 with ``Retry-After``. With
+most ``serve.workers`` uploads are decoded and parsed at once (default: one per core) and
+``serve.queue`` more wait; past that the answer is 503 with ``Retry-After``. With
+``serve.photo_parser: shared`` (the default) the parses themselves take turns with the streams'
+on the one model; ``separate`` gives each worker a model of its own. With
 ``serve.token`` (or ``$STREAMER_TOKEN``) set, POST and DELETE need ``Authorization: Bearer``.
 
 Stream sources from a request: URLs of :data:`~streamer.serve.streams.STREAM_URL_SCHEMES`, or,
@@ -84,10 +88,13 @@ from urllib.parse import urlsplit
 from streamer.config import Config
 from streamer.core.errors import ConfigError
 from streamer.io.sources import redact_url
+from streamer.parsing.parser import HumanParser
+from streamer.parsing.scheduler import ParseScheduler
 from streamer.serve.cache import MemoryCache, ParseCache, RedisCache
 from streamer.serve.errors import ApiError
 from streamer.serve.jobs import parse_job, render_job
-from streamer.serve.pool import ParsePool
+from streamer.serve.model import SharedModel
+from streamer.serve.pool import ParsePool, PhotoParser
 from streamer.serve.settings import ServeConfig, stream_config
 from streamer.serve.streams import BOUNDARY, STREAM_NAME, STREAM_URL_SCHEMES, StreamHandle
 
@@ -101,7 +108,11 @@ class Service:
         self.config = config
         self.settings = settings
         self.token = settings.token
-        self.pool = ParsePool(config.parser, config.detector, settings.workers, settings.queue)
+        shared = settings.photo_parser == "shared"
+        # The one model of the streams (and of the photos too, unless "separate").
+        self.model = SharedModel(config.parser, config.detector, photos=shared)
+        self.pool = ParsePool(config.parser, config.detector, settings.workers, settings.queue,
+                              load=self._shared_photo_parser if shared else None)
         self.cache: ParseCache = (
             RedisCache(settings.redis_url, settings.cache_ttl_s) if settings.redis_url
             else MemoryCache(int(settings.cache_mb * (1 << 20))))
@@ -118,7 +129,15 @@ class Service:
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        if self.settings.photo_parser == "shared":
+            self.model.start()
         self.pool.start()
+
+    def _shared_photo_parser(self) -> PhotoParser:
+        """What every parse pool thread gets with ``serve.photo_parser: shared``."""
+        photos = self.model.photos()
+        return PhotoParser(photos.parser, photos.detector, photos.detector_options,
+                           scheduled=photos)
 
     def start_configured_streams(self) -> None:
         specs: list[str | dict[str, Any]] = list(self.settings.streams)
@@ -132,7 +151,7 @@ class Service:
                 continue
             try:
                 self.add_stream(str(spec["source"]), spec.get("name"), spec.get("config"),
-                                trusted=True)
+                                trusted=True, priority=float(spec.get("priority", 1.0)))
             except (ApiError, ConfigError) as exc:
                 log.error("cannot start configured stream %s: %s",
                           redact_url(str(spec["source"])), exc)
@@ -148,6 +167,7 @@ class Service:
         for handle in list(self.streams.values()):
             handle.stop(timeout=10)
         self.pool.close()
+        self.model.close()
         self.encode_pool.shutdown(wait=False, cancel_futures=True)
 
     async def model_key(self, timeout: float = 30.0) -> str:
@@ -215,9 +235,10 @@ class Service:
         return handle
 
     def add_stream(self, source: str, name: str | None, overrides: dict[str, Any] | None,
-                   trusted: bool = False) -> StreamHandle:
-        """Starts a stream. A caller's source (``trusted`` false) is a stream URL or a file
-        below ``serve.media_root``; the server's own configuration may open anything."""
+                   trusted: bool = False, priority: float = 1.0) -> StreamHandle:
+        """Starts a stream, as one more lane of the shared scheduler (blocks while the model
+        loads). A caller's source (``trusted`` false) is a stream URL or a file below
+        ``serve.media_root``; the server's own configuration may open anything."""
         source = source.strip()
         if not source:
             raise ApiError(400, "source must not be empty")
@@ -226,10 +247,13 @@ class Service:
             opened, failure = self._confined(source)
         if name is not None and not STREAM_NAME.match(name):
             raise ApiError(400, "name must be 1-40 letters, digits, '-' or '_'")
+        if not 0 < priority <= 100:
+            raise ApiError(400, f"priority must be > 0 and <= 100, not {priority}")
         try:
             config = stream_config(self.config, overrides)
         except ConfigError as exc:
             raise ApiError(400, str(exc)) from None
+        scheduler = self._scheduler()
         with self._streams_lock:
             active = sum(1 for h in self.streams.values() if h.active)
             if active >= self.settings.max_streams:
@@ -240,10 +264,32 @@ class Service:
                 raise ApiError(409, f"a stream named {sid!r} exists; delete it first")
             self._forget_old_streams()
             handle = StreamHandle(sid, source, config, dict(overrides or {}),
-                                  self.settings.jpeg_quality, opened=opened, failure=failure)
+                                  self.settings.jpeg_quality, opened=opened, failure=failure,
+                                  scheduler=scheduler, priority=priority)
             self.streams[sid] = handle
         handle.start()
         return handle
+
+    def model_info(self) -> dict[str, Any]:
+        """The shared model: how many parsers and engines this process built, and its lanes
+        (one per running stream, and the photo uploads' with ``photo_parser: shared``)."""
+        return {
+            "photo_parser": self.settings.photo_parser,
+            "loaded": self.model.loaded,
+            "parsers_built": HumanParser.built,
+            "engines_built": HumanParser.engines_built,
+            "lanes": self.model.stats(),
+        }
+
+    def _scheduler(self, timeout: float = 60.0) -> ParseScheduler:
+        """The shared scheduler, once the model has loaded (a 503 while it cannot be had)."""
+        try:
+            return self.model.scheduler(timeout)
+        except (TimeoutError, cf.TimeoutError):
+            raise ApiError(503, "the model is still loading; retry shortly",
+                           {"Retry-After": "5"}) from None
+        except Exception as exc:
+            raise ApiError(503, f"the model could not be loaded: {exc}") from None
 
     def _confined(self, source: str) -> tuple[str, str | None]:
         """What to open for a caller's ``source``, and the one text any failure to open a

@@ -24,18 +24,20 @@ from streamer.config import (
 )
 from streamer.core.errors import ConfigError
 
-#: What a client may override when it starts a stream; outputs and model paths stay the
-#: server's (a request must not make the server write files or load other weights).
+#: What a client may override when it starts a stream; outputs and the model stay the
+#: server's (a request must not make the server write files or load other weights, and every
+#: stream shares the server's one parser).
 STREAM_OVERRIDABLE: dict[str, frozenset[str] | None] = {
     "source": frozenset({"transport", "open_timeout_s", "read_timeout_s", "reconnect_base_s",
                          "reconnect_cap_s", "reconnect_max_attempts", "image_fps", "realtime"}),
     "buffer": None,
     "detector": None,
-    "parser": frozenset({"engine", "threads", "batch_size"}),
     "parse": None,
     "render": None,
     "output": frozenset({"frames"}),
 }
+#: ``serve.photo_parser``: photo uploads parse on the streams' one model, or on their own.
+PHOTO_PARSERS = ("shared", "separate")
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ServeConfig:
     media_root: str | None = None    # callers' streams may open video files below this folder
     allow_files: bool | None = None  # deprecated: files need media_root (false: none at all)
     start_wait_s: float = 15.0       # POST /api/streams waits this long for the first frame
+    photo_parser: str = "shared"     # uploads use the streams' one model; separate: one model
+    #                                  per serve.workers thread, beside the streams' one
     streams: list[str | dict[str, Any]] = field(default_factory=list)  # started with the
     #                                  server: URLs or
     #                                  {source: URL, name: ID, config: {section.key: value}}
@@ -81,6 +85,9 @@ class ServeConfig:
                 raise ConfigError(f"serve.{name} must be >= 0, not {getattr(self, name)!r}")
         if not 1 <= self.port <= 65535 and self.port != 0:
             raise ConfigError(f"serve.port must be between 1 and 65535 (or 0), not {self.port}")
+        if self.photo_parser not in PHOTO_PARSERS:
+            raise ConfigError(f"serve.photo_parser must be one of {', '.join(PHOTO_PARSERS)}, "
+                              f"not {self.photo_parser!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"serve.jpeg_quality must be between 1 and 100, not "
                               f"{self.jpeg_quality}")
@@ -129,7 +136,17 @@ def load_settings(path: str | Path | None = None,
 
 def stream_config(base: Config, raw: dict[str, Any] | None) -> Config:
     """``base`` with a client's overrides (``{"detector.every": 3}`` or ``{"detector":
-    {"every": 3}}``), validated like ``--set``; outputs are always off for a served stream."""
+    {"every": 3}}``), validated like ``--set``; outputs are always off for a served stream.
+
+    Every served stream is a lane of the server's one parse scheduler, so it runs live: a
+    file is paced in real time (``source.realtime`` is on, and cannot be turned off), the
+    newest frame is parsed (``buffer.policy`` auto or latest) and every frame is shown
+    (``output.frames: all``); ``parser`` is the server's.
+
+    Example:
+        >>> stream_config(base, {"detector.every": 3}).source.realtime
+        True
+    """
     nested: dict[str, dict[str, Any]] = {}
     for key, value in (raw or {}).items():
         if "." in key:
@@ -140,6 +157,10 @@ def stream_config(base: Config, raw: dict[str, Any] | None) -> Config:
         else:
             raise ConfigError(f"override {key!r} must be section.key or a section mapping")
     for section, values in nested.items():
+        if section == "parser":
+            raise ConfigError(f"parser.{next(iter(values), 'engine')} cannot be set for a "
+                              "stream: every stream shares the server's one model (set parser "
+                              "for the server, e.g. --set parser.engine=...)")
         if section not in STREAM_OVERRIDABLE:
             raise ConfigError(f"config section {section} cannot be set for a stream (allowed: "
                               f"{', '.join(STREAM_OVERRIDABLE)})")
@@ -149,6 +170,17 @@ def stream_config(base: Config, raw: dict[str, Any] | None) -> Config:
                 raise ConfigError(f"config key {section}.{name} cannot be set for a stream "
                                   f"(allowed in {section}: {', '.join(sorted(allowed))})")
     config = config_from_dict(merge(base.to_dict(), nested))
+    if "realtime" in nested.get("source", {}) and not config.source.realtime:
+        raise ConfigError("source.realtime cannot be false for a served stream: it is watched "
+                          "live, so a file is paced in real time (drop the key)")
+    if str(config.buffer.policy).lower() not in ("auto", "latest"):
+        raise ConfigError(f"buffer.policy {config.buffer.policy} is not for a served stream: "
+                          "it shows the newest frame (use auto or latest, or drop the key)")
+    if config.output.frames != "all":
+        raise ConfigError(f"output.frames {config.output.frames} is not for a served stream: "
+                          "every frame is shown, with the latest parse carried onto it (use "
+                          "all, or drop the key)")
+    config.source = dataclasses.replace(config.source, realtime=True)
     config.output = dataclasses.replace(
         config.output, path=None, show=False, labels_dir=None, stats_jsonl=None, metrics=None,
         progress=False)

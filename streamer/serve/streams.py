@@ -1,8 +1,10 @@
 """Live streams: a :class:`~streamer.pipeline.Pipeline` per stream in its own thread
-(:class:`StreamHandle`) and its newest frame for any number of viewers (:class:`LatestFrame`).
+(:class:`StreamHandle`), a lane of the server's one parse scheduler, and its newest frame for
+any number of viewers (:class:`LatestFrame`).
 
 Example:
-    >>> handle = StreamHandle("cam1", "rtsp://127.0.0.1:8554/stream", config, {}, 80)
+    >>> handle = StreamHandle("cam1", "rtsp://127.0.0.1:8554/stream", config, {}, 80,
+    ...                       scheduler=scheduler)
     >>> handle.start(); handle.first_frame.wait(15); handle.info()["state"]
     'running'
 """
@@ -21,6 +23,7 @@ from streamer.config import Config
 from streamer.core.errors import StreamerError
 from streamer.core.metrics import RunMetrics
 from streamer.io.sources import LIVE_SCHEMES, redact_url
+from streamer.parsing.scheduler import ParseScheduler
 from streamer.pipeline import Parsed, Pipeline
 from streamer.serve.images import encode_jpeg
 from streamer.vision.render import Renderer
@@ -50,6 +53,12 @@ class StreamInfo(TypedDict):
     current_fps: float
     mjpeg: str
     metrics: str
+    priority: float
+    fps: float  # frames shown per second since the start
+    parse_fps: float
+    overlay_age_ms: dict[str, float]  # p50, p95: capture of the parsed frame -> shown
+    frames_dropped: int
+    reconnects: int
 
 
 class LatestFrame:
@@ -138,11 +147,13 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class StreamHandle:
-    """One served stream: a :class:`Pipeline` iterated in its own thread."""
+    """One served stream: a :class:`Pipeline` iterated in its own thread, parsed as lane
+    ``sid`` of ``scheduler`` (the server's one model) with ``priority``."""
 
     def __init__(self, sid: str, source: str, config: Config, overrides: dict[str, Any],
                  jpeg_quality: int, opened: str | None = None,
-                 failure: str | None = None) -> None:
+                 failure: str | None = None, *, scheduler: ParseScheduler,
+                 priority: float = 1.0) -> None:
         """``source`` as the caller named it; ``opened`` what is read (a resolved path);
         ``failure`` the error text shown for any failure, in place of the real one."""
         self.id = sid
@@ -150,7 +161,9 @@ class StreamHandle:
         self.config = config
         self.overrides = overrides
         self.failure = failure
-        self.pipeline = Pipeline(config, opened or source)
+        self.priority = priority
+        self.pipeline = Pipeline(config, opened or source, scheduler=scheduler, name=sid,
+                                 priority=priority)
         self.slot = LatestFrame(Renderer(config.render), jpeg_quality, self.pipeline.metrics)
         self.state = "starting"
         self.error: str | None = None
@@ -159,6 +172,8 @@ class StreamHandle:
         self.first_frame = threading.Event()
         self.size: tuple[int, int] | None = None
         self.latency_sum_s = 0.0  # capture to published, every frame (the summary's _sum)
+        self.overlay_sum_s = 0.0  # age of the overlay shown, every frame with one
+        self.overlay_count = 0
         self._stop_requested = False
         self._thread = threading.Thread(target=self._run, name=f"streamer-stream-{sid}",
                                         daemon=True)
@@ -177,6 +192,8 @@ class StreamHandle:
                 self.latency_sum_s += time.monotonic() - item.frame.capture_time
                 if item.parse_capture is not None:
                     self.pipeline.metrics.add_overlay(item.parse_capture)
+                    self.overlay_sum_s += time.monotonic() - item.parse_capture
+                    self.overlay_count += 1
                 self.slot.publish(item)
             self.state = "stopped" if self._stop_requested else "finished"
         except StreamerError as exc:
@@ -205,8 +222,10 @@ class StreamHandle:
         """The CLI's summary, with the live counters filled in while the stream runs."""
         return self.pipeline.live_summary()
 
-    def info(self) -> StreamInfo:
+    def info(self, summary: dict[str, Any] | None = None) -> StreamInfo:
+        """What the streams endpoints answer; ``summary`` if already taken (else taken now)."""
         policy = self.pipeline.policy
+        summary = summary if summary is not None else self.summary()
         return {
             "id": self.id,
             "source": redact_url(self.source),
@@ -221,4 +240,10 @@ class StreamHandle:
             "current_fps": round(self.pipeline.metrics.current_fps(), 3),
             "mjpeg": f"/api/streams/{self.id}/mjpeg",
             "metrics": f"/api/streams/{self.id}/metrics",
+            "priority": self.priority,
+            "fps": summary["fps"],
+            "parse_fps": summary["parse_fps"],
+            "overlay_age_ms": summary["overlay_age_ms"],
+            "frames_dropped": summary["frames_dropped"],
+            "reconnects": summary["reconnects"],
         }

@@ -28,9 +28,12 @@ class StreamCreate(BaseModel):
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="config overrides, as {'detector.every': 3} or {'detector': {'every': 3}}; "
-                    "source (except uri), buffer, detector, parse, render, parser.engine/"
-                    "threads/batch_size and output.frames may be set",
+                    "source (except uri), buffer, detector, parse, render and output.frames "
+                    "may be set; parser is the server's (every stream shares its one model)",
         examples=[{"source.realtime": True, "detector.type": "full"}])
+    priority: float = Field(default=1.0, gt=0, le=100,
+                            description="share of the shared model: the stream whose shown "
+                                        "overlay is oldest x priority is parsed next")
 
 
 class PersonOut(BaseModel):
@@ -49,6 +52,8 @@ class ParseOut(BaseModel):
     class_ids: dict[str, int]
     class_names: list[str]
     parse_ms: float
+    wait_ms: float = Field(default=0.0, description="time this photo waited for its turn on "
+                                                    "the shared model (serve.photo_parser)")
     engine: str
     model: str
     cache: str = Field(description="hit, miss, or shared (an identical upload was running)")

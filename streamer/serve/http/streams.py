@@ -26,9 +26,10 @@ router: APIRouter = APIRouter(prefix="/api/streams", tags=["streams"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorOut}}
 
 
-@router.get("", summary="The streams and their state")
+@router.get("", summary="The streams, their state and live metrics, and the shared model")
 async def list_streams(service: ServiceDep) -> JSONResponse:
-    return JSONResponse({"streams": [h.info() for h in service.streams.values()]})
+    infos = await asyncio.to_thread(lambda: [h.info() for h in list(service.streams.values())])
+    return JSONResponse({"streams": infos, "model": service.model_info()})
 
 
 @router.post(
@@ -42,7 +43,7 @@ async def list_streams(service: ServiceDep) -> JSONResponse:
 )
 async def create_stream(body: StreamCreate, service: ServiceDep) -> JSONResponse:
     handle = await asyncio.to_thread(service.add_stream, body.source, body.name,
-                                     body.config)
+                                     body.config, False, body.priority)
     deadline = time.monotonic() + service.settings.start_wait_s
     while not handle.first_frame.is_set() and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
