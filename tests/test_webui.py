@@ -190,18 +190,33 @@ def test_upload_a_photo_and_see_the_overlay(browser, server, media):
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
 
 
-def test_live_view_shows_the_stream_with_fps_and_latency(browser, server):
+def choose_stream(driver: object, server: BackgroundServer, name: str) -> None:
+    """Opens the page and picks stream ``name`` in the menu once it is listed."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
+    driver.get(server.url + "/")
+    wait_for(driver, lambda d: name in [o.get_attribute("value") for o in
+                                        d.find_elements(By.CSS_SELECTOR, "#streams option")])
+    Select(driver.find_element(By.ID, "streams")).select_by_value(name)
+
+
+def stream_row(driver: object, name: str) -> dict[str, str]:
+    """The cells of stream ``name``'s row in the page's table of every stream."""
+    return driver.execute_script(
+        "const row = document.querySelector(`#stream-table tr[data-stream='${arguments[0]}']`);"
+        "return row ? Object.fromEntries([...row.cells].map((c) => [c.className.slice(2), "
+        "c.textContent])) : null;", name) or {}
+
+
+def test_live_view_shows_the_stream_with_fps_and_latency(browser, server):
+    from selenium.webdriver.common.by import By
+
     start_stream(server, "live.mp4", "webui")
+    start_stream(server, "live.mp4", "webui2")  # a second one, on the same shared model
     driver = browser
     try:
-        driver.get(server.url + "/")
-        wait_for(driver, lambda d: "webui" in [o.get_attribute("value") for o in
-                                               d.find_elements(By.CSS_SELECTOR,
-                                                               "#streams option")])
-        Select(driver.find_element(By.ID, "streams")).select_by_value("webui")
+        choose_stream(driver, server, "webui")
         wait_for(driver, lambda d: d.execute_script(
             "return document.getElementById('live-view').naturalWidth") == 320)
         wait_for(driver, lambda d: d.find_element(By.ID, "s-parsed").text not in ("", "-")
@@ -209,11 +224,24 @@ def test_live_view_shows_the_stream_with_fps_and_latency(browser, server):
         assert float(driver.find_element(By.ID, "s-fps").text) > 0
         assert driver.find_element(By.ID, "s-p50").text.endswith(" ms")
         assert driver.find_element(By.ID, "s-state").text == "running"
+        wait_for(driver, lambda d: float(d.find_element(By.ID, "s-parse-fps").text) > 0)
+        age = driver.find_element(By.ID, "s-age50").text
+        assert age.endswith(" ms") and float(age[:-3]) > 0, age
+        # The panel's table: every stream's honest overlay age and parse rate.
+        for name in ("webui", "webui2"):
+            wait_for(driver, lambda d, name=name: stream_row(d, name).get("age50", " ms")
+                     != "0 ms" and float(stream_row(d, name).get("parse-fps", "0")) > 0)
+            row = stream_row(driver, name)
+            assert row["state"] == "running" and row["age95"].endswith(" ms"), row
+            assert float(row["age95"][:-3]) >= float(row["age50"][:-3]) > 0, row
         shot = artifacts() / "live.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+        driver.execute_script("document.getElementById('stream-table').scrollIntoView()")
+        assert driver.save_screenshot(str(artifacts() / "live-streams.png"))
     finally:
         driver.get("about:blank")  # closes the MJPEG connection
         stop_stream(server, "webui")
+        stop_stream(server, "webui2")
 
 
 def test_no_broken_image_before_anything_is_shown(browser, server):
@@ -232,16 +260,11 @@ def test_no_broken_image_before_anything_is_shown(browser, server):
 
 def test_the_menu_follows_a_stream_that_ends(browser, server):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
 
     start_stream(server, "short.mp4", "short")  # 2.4 s, paced in real time
     driver = browser
     try:
-        driver.get(server.url + "/")
-        wait_for(driver, lambda d: "short" in [o.get_attribute("value") for o in
-                                               d.find_elements(By.CSS_SELECTOR,
-                                                               "#streams option")])
-        Select(driver.find_element(By.ID, "streams")).select_by_value("short")
+        choose_stream(driver, server, "short")
         option = "#streams option[value='short']"
         wait_for(driver, lambda d: d.find_element(By.ID, "s-state").text == "finished")
         wait_for(driver, lambda d: "(finished)" in d.find_element(By.CSS_SELECTOR,

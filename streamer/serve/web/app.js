@@ -196,22 +196,46 @@ function show(id, value) {
 }
 
 // Every stream's label in the menu says its state now (a stream that ended is no longer
-// "running"), updated in place so that an open menu is not rebuilt under the pointer.
+// "running"), updated in place so that an open menu is not rebuilt under the pointer; the
+// table below lists every stream's live metrics.
 async function relabelStreams() {
   try {
     const response = await fetch("/api/streams");
     if (!response.ok) return;
-    for (const s of (await response.json()).streams) {
+    const streams = (await response.json()).streams;
+    for (const s of streams) {
       const option = [...$("streams").options].find((o) => o.value === s.id);
       if (option && s.id in sources) option.textContent = streamLabel(s.id, s.state);
     }
+    showStreamTable(streams);
   } catch (e) { /* try again on the next tick */ }
+}
+
+function ms(value) {
+  return `${value.toFixed(0)} ms`;
+}
+
+function showStreamTable(streams) {
+  const body = $("stream-table").querySelector("tbody");
+  body.textContent = "";
+  for (const s of streams) {
+    const row = el("tr");
+    row.dataset.stream = s.id;
+    const cells = [s.id, s.state, s.fps.toFixed(1), s.parse_fps.toFixed(2),
+      ms(s.overlay_age_ms.p50), ms(s.overlay_age_ms.p95), s.frames_dropped, s.reconnects,
+      s.priority];
+    const names = ["id", "state", "fps", "parse-fps", "age50", "age95", "dropped",
+      "reconnects", "priority"];
+    cells.forEach((value, i) => row.append(el("td", { textContent: String(value),
+      className: `c-${names[i]}` })));
+    body.append(row);
+  }
 }
 
 async function pollMetrics() {
   if (!watching) {
-    for (const id of ["s-state", "s-fps", "s-p50", "s-p95", "s-read", "s-parsed", "s-dropped",
-      "s-reconnects"]) show(id, "-");
+    for (const id of ["s-state", "s-fps", "s-p50", "s-p95", "s-read", "s-parsed",
+      "s-parse-fps", "s-age50", "s-age95", "s-dropped", "s-reconnects"]) show(id, "-");
     return;
   }
   try {
@@ -227,6 +251,9 @@ async function pollMetrics() {
     show("s-p95", `${m.latency_ms.p95.toFixed(0)} ms`);
     show("s-read", m.frames_read);
     show("s-parsed", m.frames_parsed);
+    show("s-parse-fps", m.parse_fps.toFixed(2));
+    show("s-age50", ms(m.overlay_age_ms.p50));
+    show("s-age95", ms(m.overlay_age_ms.p95));
     show("s-dropped", m.frames_dropped);
     show("s-reconnects", m.reconnects);
   } catch (e) { /* try again on the next tick */ }
@@ -235,7 +262,6 @@ async function pollMetrics() {
 async function startStream(event) {
   event.preventDefault();
   const body = { source: $("source").value.trim(), config: {} };
-  if ($("realtime").checked) body.config["source.realtime"] = true;
   liveStatus("starting…");
   const response = await fetch("/api/streams", {
     method: "POST", body: JSON.stringify(body),
@@ -279,6 +305,7 @@ function init() {
   loadClasses();
   refreshStreams();
   setInterval(pollMetrics, 1000);
+  relabelStreams();
   setInterval(relabelStreams, 2000);
 }
 
