@@ -4,6 +4,7 @@ count and time."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -747,25 +748,32 @@ def test_serve_command_config_and_port_errors(capsys):
     assert "cannot listen on 127.0.0.1" in capsys.readouterr().err
 
 
-def test_serve_command_runs_and_stops_on_sigterm(tiny_single_model):
+@contextlib.contextmanager
+def serve_command(model: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """``run_stream.py serve`` on a free port, as a real process: ``(process, port)`` once it
+    says it is serving; killed at the end if still running."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_stream.py"), "serve", "--port", "0", "--model",
-         str(tiny_single_model), "--set", "parser.engine=torch", "--set", "serve.workers=1"],
+         str(model), "--set", "parser.engine=torch", "--set", "serve.workers=1", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
         assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-        target = SimpleNamespace(port=int(match.group(1)))
-        assert call(target, "GET", "/healthz", token=None).status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        yield proc, int(match.group(1))
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_serve_command_runs_and_stops_on_sigterm(tiny_single_model):
+    with serve_command(tiny_single_model) as (proc, port):
+        assert call(SimpleNamespace(port=port), "GET", "/healthz", token=None).status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
 
 
 # --------------------------------------------------------------------------- real clients
@@ -828,16 +836,7 @@ def test_metrics_pass_promtool_and_prometheus_parser(server, clip):
 def test_client_dropping_mid_upload_logs_one_line_at_most(tiny_single_model):
     """Issue 14 item 13: a real socket sends half a multipart upload and closes; the server
     (the real command, its real logging) logs no traceback, and goes on serving."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_stream.py"), "serve", "--port", "0", "--model",
-         str(tiny_single_model), "--set", "parser.engine=torch", "--set", "serve.workers=1",
-         "--log-level", "INFO"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        match = re.search(r"serving on http://127\.0\.0\.1:(\d+)", line)
-        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-        port = int(match.group(1))
+    with serve_command(tiny_single_model, "--log-level", "INFO") as (proc, port):
         body, headers = multipart(picture(40, size=(400, 300)))
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
@@ -853,12 +852,6 @@ def test_client_dropping_mid_upload_logs_one_line_at_most(tiny_single_model):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
         log = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
     assert "Traceback" not in log and "Exception in ASGI" not in log, log
     dropped = [line for line in log.splitlines() if "disconnect" in line.lower()
                or "went away" in line.lower()]
