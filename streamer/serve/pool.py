@@ -206,7 +206,9 @@ class ParsePool:
         mean = sum(self.durations) / len(self.durations) if self.durations else 1.0
         with self._lock:
             ahead = self._admitted
-        return int(min(120, max(1, math.ceil(mean * (ahead + 1) / self.workers))))
+        # One shared model parses one photo at a time, however many threads decode them.
+        parallel = 1 if self.load is not None else self.workers
+        return int(min(120, max(1, math.ceil(mean * (ahead + 1) / parallel))))
 
     def close(self, timeout: float = 10.0) -> None:
         for _ in self._threads:

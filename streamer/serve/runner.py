@@ -103,7 +103,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "metrics and a web page.",
         epilog="Settings of the service are the serve section of --config (or --set "
         "serve.key=value): token, max_upload_mb, max_pixels, workers, queue, cache_mb, "
-        "redis_url, max_streams, media_root (the folder requests may open video files from; "
+        "redis_url, max_streams, photo_parser (shared: uploads use the streams' one model; "
+        "separate), media_root (the folder requests may open video files from; "
         "none by default), ... See streamer/serve/settings.py (ServeConfig).",
     )
     p.add_argument("--host", help="address to listen on (serve.host, default 127.0.0.1; "

@@ -30,6 +30,7 @@ async def healthz(service: ServiceDep) -> JSONResponse:
         "streams": sum(1 for h in service.streams.values() if h.active),
         "cache": {**service.cache.stats(), "reachable": await service.cache.ping()},
         "uptime_s": round(time.time() - service.started, 1),
+        "model": service.model_info(),
     }
     if ready.done() and ready.exception() is not None:
         body.update(status="error", error=str(ready.exception()))
