@@ -95,7 +95,10 @@ def test_api_streams_and_photos_share_one_model_and_come_and_go_alone(tiny_singl
         model = server.service.model.ready.result()
         assert [h.pipeline.parser for h in server.service.streams.values()] == [model, model]
         assert lanes(server) == {"a", "b", PHOTO_LANE}
-        assert listed(server)["model"]["parsers_built"] == HumanParser.built
+        shared = listed(server)["model"]
+        assert shared["parsers_built"] == HumanParser.built and shared["photo_parser"] == "shared"
+        # The photo was parsed on the scheduler's thread, between the streams' parses.
+        assert shared["lanes"][PHOTO_LANE]["parses"] >= 1
 
         # One stream's bad config is that request's error alone, in the one error shape.
         bad = [post_json(server, "/api/streams", {"source": "rtsp://127.0.0.1:1/none",
@@ -152,7 +155,7 @@ def test_separate_photo_parser_is_a_model_of_its_own(tiny_single_model, tmp_path
     for the first stream; a bad value is a one-line config error."""
     with pytest.raises(ConfigError, match="serve.photo_parser must be one of shared, separate"):
         load_settings(None, ["serve.photo_parser=both"])
-    clip = make_clip(tmp_path / "clip.mp4", frames=100, size=(160, 120), fps=25)
+    clip = make_clip(tmp_path / "clip.mp4", frames=300, size=(160, 120), fps=25)  # 12 s
     built = HumanParser.built
     config, settings = settings_for(tiny_single_model, "serve.workers=1",
                                     "serve.photo_parser=separate",
@@ -161,9 +164,9 @@ def test_separate_photo_parser_is_a_model_of_its_own(tiny_single_model, tmp_path
         assert HumanParser.built - built == 1  # the photo worker's
         assert PHOTO_LANE not in listed(server)["model"]["lanes"]
         add(server, "file", clip.name)
+        assert lanes(server) == {"file"}
         assert HumanParser.built - built == 2  # and the streams' one
         assert call(server, "POST", "/api/parse", picture(4), {"Content-Type": "image/png"},
                     token=None).json()["wait_ms"] == 0
-        assert lanes(server) == {"file"}
         assert call(server, "DELETE", "/api/streams/file", token=None).status == 200
         assert lanes(server) == set()
