@@ -150,8 +150,14 @@ class Service:
                 log.error("serve.streams entry %r needs a source", spec)
                 continue
             try:
+                priority = float(spec.get("priority", 1.0))
+            except (ValueError, TypeError):
+                log.error("serve.streams entry %s: priority must be a number > 0, not %r",
+                          redact_url(str(spec["source"])), spec.get("priority"))
+                continue
+            try:
                 self.add_stream(str(spec["source"]), spec.get("name"), spec.get("config"),
-                                trusted=True, priority=float(spec.get("priority", 1.0)))
+                                trusted=True, priority=priority)
             except (ApiError, ConfigError) as exc:
                 log.error("cannot start configured stream %s: %s",
                           redact_url(str(spec["source"])), exc)
