@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,7 @@ class _Graph:
             self.initializers[t.name] = t.rep
         return t.name
 
-    def emit(self, op: str, inputs: list[_T | None], rep: np.ndarray, name: str,
+    def emit(self, op: str, inputs: Sequence[_T | None], rep: np.ndarray, name: str,
              **attrs: Any) -> _T:
         from onnx import helper
 
@@ -120,7 +120,7 @@ class _Graph:
         self.nodes.append(helper.make_node(op, names, [out], name=out, **attrs))
         return _T(out, rep)
 
-    def emit_many(self, op: str, inputs: list[_T], reps: list[np.ndarray], name: str,
+    def emit_many(self, op: str, inputs: Sequence[_T], reps: list[np.ndarray], name: str,
                   **attrs: Any) -> list[_T]:
         from onnx import helper
 
@@ -259,6 +259,9 @@ def _conv(g: _Graph, node: dict[str, Any], ins: list[_T]) -> list[_T]:
     y = g.emit("Conv", list(inputs), rep, node["name"], dilations=dilations, group=int(groups),
                kernel_shape=[int(kh), int(kw)], **attrs)
     for stage in stages[1:]:
+        if stage not in _ACTIVATIONS:
+            raise ModelError(f"fused op {node['op']} ({node['name']}) ends with {stage}, which "
+                             "the ONNX converter (streamer.vision.tfjs_onnx) does not know")
         y = _ACTIVATIONS[stage](g, {"name": node["name"], "op": stage, "attr": {
             "alpha": node.get("attr", {}).get("leakyrelu_alpha", {"f": 0.2})}}, [y])[0]
     return [_nhwc(g, y, node["name"])]
@@ -451,7 +454,10 @@ def _strided_slice(g: _Graph, node: dict[str, Any], ins: list[_T]) -> list[_T]:
             index.append(b)
             stop = b + 1 if b != -1 else _BIG
             dense[dim] = slice(b, None if stop == _BIG else stop)
-            starts.append(b), ends.append(stop), axes.append(dim), steps.append(1)
+            starts.append(b)
+            ends.append(stop)
+            axes.append(dim)
+            steps.append(1)
             shrink.append(dim)
             dim += 1
             continue
@@ -462,7 +468,8 @@ def _strided_slice(g: _Graph, node: dict[str, Any], ins: list[_T]) -> list[_T]:
             dense[dim] = slice(lo, hi, s)
             starts.append(lo if lo is not None else (0 if s > 0 else _BIG))
             ends.append(hi if hi is not None else (_BIG if s > 0 else -_BIG))
-            axes.append(dim), steps.append(s)
+            axes.append(dim)
+            steps.append(s)
         dim, out = dim + 1, out + 1
     rep = np.asarray(x.rep[tuple(index)])
     name = node["name"]
