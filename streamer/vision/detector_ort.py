@@ -47,10 +47,10 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64
 def _converter_tag() -> str:
     import onnx
 
-    from streamer.vision import tfjs, tfjs_onnx
+    from streamer.vision import onnx_build, tfjs, tfjs_onnx, tfjs_onnx_ops
 
     h = hashlib.sha256(onnx.__version__.encode())
-    for module in (tfjs, tfjs_onnx):
+    for module in (tfjs, tfjs_onnx, tfjs_onnx_ops, onnx_build):
         h.update(Path(module.__file__ or "").read_bytes())
     return h.hexdigest()[:12]
 
