@@ -40,10 +40,15 @@ def outputs(detector, blob: np.ndarray) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- real detectors
 def test_nanodet_on_onnxruntime_gives_openvinos_outputs(detector_models):
+    from streamer.config import load_config
+    from streamer.vision.detect import make_detector
     from streamer.vision.detect_nets import NanoDetDetector
     from streamer.vision.detector_ort import onnx_model
 
-    ort_net = NanoDetDetector(detector_models["nanodet"], threads=2, engine="onnxruntime")
+    # the real switch, end to end: a parser on ONNX Runtime takes the detector along
+    config = load_config(None, ["parser.engine=onnxruntime", "detector.type=nanodet",
+                                "detector.threads=2"])
+    ort_net = make_detector(config.detector)
     ov_net = NanoDetDetector(detector_models["nanodet"], threads=2, engine="openvino")
     assert (ort_net.engine, ov_net.engine) == ("onnxruntime", "openvino")
     blob, _, _ = ort_net.canvas(synthetic_image())
