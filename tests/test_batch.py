@@ -30,6 +30,8 @@ from media_helpers import (
 
 from streamer import Pipeline, load_config
 from streamer.apps.inputs import stream_name
+from streamer.batch.pool import LocalPool
+from streamer.batch.ray_cluster import RayCluster
 from streamer.batch.runner import (
     BatchRunner,
     BatchSettings,
@@ -37,7 +39,6 @@ from streamer.batch.runner import (
     plan_batch,
     plan_workers,
 )
-from streamer.batch.workers import LocalPool, RayCluster
 from streamer.core.errors import ConfigError
 from streamer.parsing.parser import HumanParser, ParserOptions
 
