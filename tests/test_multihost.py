@@ -111,8 +111,8 @@ def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | No
 
 
 def has_worker(cluster: RayHosts, role: str) -> bool:
-    """Whether a batch worker (a ``RayParseWorker`` actor process) lives on host ``role``."""
-    return any(t.startswith("ray::RayParseWorker") for t in cluster.process_titles(role))
+    """Whether a batch worker (a ``RayJobWorker`` actor process) lives on host ``role``."""
+    return any(t.startswith("ray::RayJobWorker") for t in cluster.process_titles(role))
 
 
 # ------------------------------------------------------------------------ placement

@@ -21,9 +21,9 @@ import time
 from typing import Any
 
 from streamer.batch.plan import Job, JobResult, Outcome, WorkerInfo, WorkerPlan, one_line
-from streamer.batch.workers import PROGRESS_EVERY_S, ParseWorker
+from streamer.batch.workers import PROGRESS_EVERY_S, JobWorker
 
-_POOL_WORKER: ParseWorker | None = None
+_POOL_WORKER: JobWorker | None = None
 
 
 def _pool_init(parser_options: Any, threads: int, progress: Any, stop: Any) -> None:
@@ -31,7 +31,7 @@ def _pool_init(parser_options: Any, threads: int, progress: Any, stop: Any) -> N
     global _POOL_WORKER
     # Ctrl-C reaches the whole process group; the driver alone decides how to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker = ParseWorker(parser_options, threads)
+    worker = JobWorker(parser_options, threads)
     _POOL_WORKER = worker
 
     def report() -> None:

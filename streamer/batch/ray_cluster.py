@@ -23,7 +23,7 @@ from typing import Any
 
 from streamer.batch.hosts import HostCheckError, HostNeeds, check_host, is_local_file
 from streamer.batch.plan import Job, JobResult, Outcome, WorkerInfo, WorkerPlan, one_line
-from streamer.batch.workers import PROGRESS_EVERY_S, ParseWorker
+from streamer.batch.workers import PROGRESS_EVERY_S, JobWorker
 from streamer.core.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer.batch")
@@ -54,8 +54,8 @@ RAY_CLIENT_HINT = ("run the same command on the head node (or any node) with --r
                    "or --ray auto there")
 
 
-class RayParseWorker(ParseWorker):
-    """A :class:`ParseWorker` as a Ray actor: it also knows its node (id and address)."""
+class RayJobWorker(JobWorker):
+    """A :class:`JobWorker` as a Ray actor: it also knows its node (id and address)."""
 
     def __init__(self, parser_options: Any, threads: int) -> None:
         super().__init__(parser_options, threads)
@@ -205,7 +205,7 @@ class RayCluster:
         self.describe()  # while connected: close() may shut Ray down
         self.check_hosts(jobs, str(parser_options.model))
         self._plan_cpus = plan.cpus
-        remote = self.ray.remote(RayParseWorker)
+        remote = self.ray.remote(RayJobWorker)
         common = {"num_cpus": plan.cpus, "max_concurrency": 2, "max_task_retries": 0}
         place = self._spreader(plan.cpus)
         for i in range(plan.workers):

@@ -1,6 +1,6 @@
 """The batch worker: one process that holds one loaded model and runs jobs with it.
 
-A :class:`ParseWorker` loads the M2FP model once and then runs jobs (one file, or one live
+A :class:`JobWorker` loads the M2FP model once and then runs jobs (one file, or one live
 stream) one after another through :class:`~streamer.pipeline.Pipeline`, reusing the model. Two
 backends run several of them:
 
@@ -56,7 +56,7 @@ def limit_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
-class ParseWorker:
+class JobWorker:
     """Holds one loaded model and runs batch jobs with it, one at a time.
 
     Built once per pool process or Ray actor: the model is loaded here, in ``__init__``, and
@@ -66,7 +66,7 @@ class ParseWorker:
     every :meth:`run` returns it as a fatal failure.
 
     Example:
-        >>> worker = ParseWorker(ParserOptions(model="models/single"), threads=1)
+        >>> worker = JobWorker(ParserOptions(model="models/single"), threads=1)
         >>> worker.ready().error is None
         True
         >>> worker.run(job, attempt=1).status
