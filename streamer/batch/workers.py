@@ -17,11 +17,9 @@ Both answer the same four calls, driven by :class:`streamer.batch.runner.BatchRu
 Ray is imported only by ``RayCluster``, so the rest works without it.
 
 Example:
-    >>> pool = LocalPool()
-    >>> pool.start(WorkerPlan(workers=2, threads=1, cpus=1.0), parser_options, jobs)
-    >>> pool.try_submit(jobs[0], attempt=1)
-    True
-    >>> outcomes = pool.poll(timeout=1.0)     # finished attempts, possibly none yet
+    >>> worker = JobWorker(config.parser, threads=2)    # loads the model once
+    >>> [worker.run(job, attempt=1).status for job in jobs]
+    ['ok', 'ok']
 """
 
 from __future__ import annotations
