@@ -54,6 +54,14 @@ class Job:
     stats_jsonl: Path | None = None
     driver_host: str = field(default_factory=socket.gethostname)
 
+    @property
+    def shares_a_model(self) -> bool:
+        """Whether this stream can run beside others on one model (``--streams-per-worker``):
+        a live stream that shows every captured frame (``output.frames: all``) with the
+        newest-frame buffer, which is what the shared parse scheduler serves."""
+        return (self.live and self.config.output.frames == "all"
+                and self.config.buffer.policy in ("auto", "latest"))
+
     def partial_paths(self, attempt: int) -> tuple[Path, Path]:
         """Where attempt ``attempt`` at a file writes before renaming to :meth:`paths`.
 
@@ -103,6 +111,10 @@ class JobResult:
     node_id: str | None = None
     node_ip: str | None = None
     died: bool = False
+    # HumanParser.built / .engines_built of the worker's process when the attempt ended:
+    # how many models that process really constructed.
+    parsers_built: int = 0
+    engines_built: int = 0
 
 
 @dataclass
@@ -119,6 +131,7 @@ class WorkerInfo:
     error: str | None = None
     node_id: str | None = None
     node_ip: str | None = None
+    parsers_built: int = 0  # models this process has constructed so far
 
     @property
     def name(self) -> str:
@@ -129,8 +142,10 @@ class WorkerInfo:
 class WorkerPlan:
     """How many workers to start, and the intra-op threads and cores each one gets.
 
-    ``workers`` is the number of file workers; each live stream gets one more worker.
-    ``cpus`` is what a Ray actor reserves (may be fractional when workers outnumber cores).
+    ``workers`` is the number of file workers; the ``streams`` live streams get
+    ``stream_workers`` more (one each, or one per ``streams_per_worker`` of them, see
+    :func:`stream_groups`). ``cpus`` is what a Ray actor reserves (may be fractional when
+    workers outnumber cores).
     """
 
     workers: int
@@ -139,10 +154,16 @@ class WorkerPlan:
     streams: int = 0
     total_cpus: int = 0
     retries: int = 1
+    streams_per_worker: int = 1
+    stream_workers: int = -1  # -1: one per stream
+
+    def __post_init__(self) -> None:
+        if self.stream_workers < 0:
+            self.stream_workers = self.streams
 
     @property
     def total_workers(self) -> int:
-        return self.workers + self.streams
+        return self.workers + self.stream_workers
 
 
 @dataclass
@@ -237,29 +258,72 @@ def probe_frames(path: str) -> int | None:
 
 
 def plan_workers(cpus: int, files: int, streams: int, *, workers: int | None = None,
-                 threads: int | None = None, retries: int = 1) -> WorkerPlan:
-    """Split ``cpus`` cores: N workers (one per stream, the rest for files), C/N threads each.
+                 threads: int | None = None, retries: int = 1, streams_per_worker: int = 1,
+                 stream_workers: int | None = None) -> WorkerPlan:
+    """Split ``cpus`` cores: N workers (the stream workers, the rest for files), C/N threads
+    each.
 
-    By default there is one file worker per core left after the streams (at most one per
-    file), each with ``cpus // N`` intra-op threads, at least one. ``workers`` and ``threads``
-    override either side. A Ray actor reserves ``min(threads, cpus / N)`` CPUs, so N actors
-    always fit on the cluster even when they outnumber its cores.
+    The ``streams`` live streams need ``stream_workers`` workers (default: one each; see
+    :func:`stream_groups` for ``streams_per_worker`` > 1). By default there is one file
+    worker per core left after them (at most one per file), each with ``cpus // N``
+    intra-op threads, at least one. ``workers`` and ``threads`` override either side. A Ray
+    actor reserves ``min(threads, cpus / N)`` CPUs, so N actors always fit on the cluster
+    even when they outnumber its cores.
 
     Example:
         >>> plan_workers(8, files=3, streams=0)
-        WorkerPlan(workers=3, threads=2, cpus=2, streams=0, total_cpus=8, retries=1)
+        WorkerPlan(workers=3, threads=2, cpus=2, streams=0, total_cpus=8, retries=1, \
+streams_per_worker=1, stream_workers=0)
         >>> plan_workers(2, files=10, streams=0, workers=1).threads
         2
     """
+    if stream_workers is None:
+        stream_workers = streams
     if workers is None:
         per = threads or 1
-        workers = max(1, cpus // per - streams)
+        workers = max(1, cpus // per - stream_workers)
     workers = min(max(1, workers), files) if files else 0
-    total = max(1, workers + streams)
+    total = max(1, workers + stream_workers)
     if not threads:
         threads = max(1, cpus // total)
     cpus_each = min(float(threads), cpus / total)
     if cpus_each.is_integer():
         cpus_each = int(cpus_each)
     return WorkerPlan(workers=workers, threads=threads, cpus=cpus_each, streams=streams,
-                      total_cpus=cpus, retries=retries)
+                      total_cpus=cpus, retries=retries, streams_per_worker=streams_per_worker,
+                      stream_workers=stream_workers)
+
+
+def stream_groups(jobs: list[Job], streams_per_worker: int = 1) -> list[list[Job]]:
+    """The live jobs of a batch, grouped by the worker that runs them.
+
+    With ``streams_per_worker`` K > 1, up to K streams that can share a model
+    (:attr:`Job.shares_a_model`) go to one worker, in the order given; every other stream
+    (and every stream when K is 1) has a worker of its own.
+
+    Example:
+        >>> [[j.label for j in g] for g in stream_groups(cams, 2)]
+        [['door', 'yard'], ['gate']]
+    """
+    live = [j for j in jobs if j.live]
+    if streams_per_worker <= 1:
+        return [[j] for j in live]
+    shared = [j for j in live if j.shares_a_model]
+    groups = [shared[i:i + streams_per_worker] for i in range(0, len(shared), streams_per_worker)]
+    return groups + [[j] for j in live if not j.shares_a_model]
+
+
+def parse_streams_per_worker(value: object) -> int:
+    """``--streams-per-worker``'s value as a whole number >= 1, or a :class:`ConfigError`.
+
+    Example:
+        >>> parse_streams_per_worker("4")
+        4
+    """
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"--streams-per-worker must be a whole number of 1 or more, "
+                          f"not {value!r}",
+                          hint="give how many live streams one Ray worker runs on its one "
+                               "model, e.g. --streams-per-worker 4")
+    return int(text)

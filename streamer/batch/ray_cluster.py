@@ -22,8 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from streamer.batch.hosts import HostCheckError, HostNeeds, check_host, is_local_file
-from streamer.batch.plan import Job, JobResult, Outcome, WorkerInfo, WorkerPlan, one_line
-from streamer.batch.workers import PROGRESS_EVERY_S, JobWorker
+from streamer.batch.plan import (
+    Job,
+    JobResult,
+    Outcome,
+    WorkerInfo,
+    WorkerPlan,
+    one_line,
+    stream_groups,
+)
+from streamer.batch.workers import PROGRESS_EVERY_S, JobWorker, StreamsWorker
 from streamer.core.errors import ConfigError, StreamerError
 
 log = logging.getLogger("streamer.batch")
@@ -54,15 +62,28 @@ RAY_CLIENT_HINT = ("run the same command on the head node (or any node) with --r
                    "or --ray auto there")
 
 
+def _on_node(info: WorkerInfo) -> None:
+    """Fill in the node (id and address) that this actor's process runs on."""
+    import ray
+
+    info.node_id = ray.get_runtime_context().get_node_id()
+    info.node_ip = ray.util.get_node_ip_address()
+
+
 class RayJobWorker(JobWorker):
     """A :class:`JobWorker` as a Ray actor: it also knows its node (id and address)."""
 
     def __init__(self, parser_options: Any, threads: int) -> None:
         super().__init__(parser_options, threads)
-        import ray
+        _on_node(self.info)
 
-        self.info.node_id = ray.get_runtime_context().get_node_id()
-        self.info.node_ip = ray.util.get_node_ip_address()
+
+class RayStreamsWorker(StreamsWorker):
+    """A :class:`StreamsWorker` (several live streams, one model) as a Ray actor."""
+
+    def __init__(self, parser_options: Any, threads: int) -> None:
+        super().__init__(parser_options, threads)
+        _on_node(self.info)
 
 
 @dataclass
@@ -87,7 +108,8 @@ class _Slot:
 
 
 class RayCluster:
-    """Workers as Ray actors: a shared pool for files, one dedicated actor per live stream.
+    """Workers as Ray actors: a shared pool for files, one dedicated actor per live stream
+    (or per group of up to ``WorkerPlan.streams_per_worker`` streams, on one model).
 
     ``address`` is what ``ray.init`` takes: ``None`` joins the cluster named by
     ``RAY_ADDRESS`` or started on this machine by ``ray start``, or starts a private one;
@@ -213,12 +235,19 @@ class RayCluster:
                                    scheduling_strategy=place()).remote(
                 parser_options, plan.threads)
             self._slots.append(_Slot(actor, f"worker-{i}"))
-        for job in jobs:
-            if job.live:
-                # Each death of a stream's actor is one of the stream's retries.
-                actor = remote.options(**common, max_restarts=plan.retries,
-                                       scheduling_strategy=place()).remote(
-                    parser_options, plan.threads)
+        for group in stream_groups(jobs, plan.streams_per_worker):
+            # Each death of a stream's actor is one of the stream's retries. With
+            # --streams-per-worker K > 1 one actor runs its group's streams side by side on
+            # one model: one slot per stream, all on that actor, each run in its own thread.
+            if plan.streams_per_worker > 1:
+                options = {**common, "max_concurrency": plan.streams_per_worker + 1}
+                kind = self.ray.remote(RayStreamsWorker)
+            else:
+                options, kind = common, remote
+            actor = kind.options(**options, max_restarts=plan.retries,
+                                 scheduling_strategy=place()).remote(
+                parser_options, plan.threads)
+            for job in group:
                 self._slots.append(_Slot(actor, f"stream-{job.label}", dedicated_to=job.key))
         for slot in self._slots:
             self._probe(slot)
@@ -377,17 +406,20 @@ class RayCluster:
             self._last_progress = now
             for slot in self._slots:
                 if slot.ref is not None:
-                    self._progress_refs[slot.actor.progress.remote()] = slot
+                    assert slot.job is not None
+                    self._progress_refs[slot.actor.progress.remote(slot.job[0].key)] = slot
         running = {s.job[0].key for s in self._slots if s.job is not None}
         return {k: v for k, v in self._frames.items() if k in running}
 
     def stop(self) -> None:
+        asked: list[Any] = []
         for slot in self._slots:
-            if slot.ref is not None:
-                slot.actor.stop.remote()
+            if slot.ref is not None and not any(slot.actor is a for a in asked):
+                slot.actor.stop.remote()  # once per actor: it stops all of its streams
+                asked.append(slot.actor)
 
     def close(self, force: bool = False) -> None:
-        for slot in self._slots:
+        for slot in self._slots:  # an actor of several streams is killed once per stream
             with contextlib.suppress(Exception):
                 self.ray.kill(slot.actor)
         self._slots.clear()

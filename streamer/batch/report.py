@@ -80,6 +80,7 @@ class BatchReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend, "workers": self.plan.workers, "streams": self.plan.streams,
+            "streams_per_worker": self.plan.streams_per_worker,
             "threads_per_worker": self.plan.threads, "cpus_per_worker": self.plan.cpus,
             "cpus": self.plan.total_cpus, "seconds": round(self.seconds, 3),
             "frames": self.frames,

@@ -58,8 +58,10 @@ from streamer.batch.plan import (
     OUTPUT_FORMATS,
     Job,
     JobResult,
+    parse_streams_per_worker,
     plan_batch,
     plan_workers,
+    stream_groups,
 )
 from streamer.batch.pool import LocalPool
 from streamer.batch.progress import BatchProgress
@@ -100,6 +102,7 @@ class BatchSettings:
     ray: str | None = None
     skip_existing: bool = False
     progress: bool = True
+    streams_per_worker: int = 1  # live streams per Ray worker, on its one model
 
 
 class BatchRunner:
@@ -127,6 +130,14 @@ class BatchRunner:
             raise ConfigError(f"--workers must be at least 1, not {settings.workers}")
         if settings.threads is not None and settings.threads < 1:
             raise ConfigError(f"--threads must be at least 1, not {settings.threads}")
+        parse_streams_per_worker(settings.streams_per_worker)
+        if settings.streams_per_worker > 1 and (
+                settings.ray is None if backend is None
+                else getattr(backend, "kind", None) != "ray"):
+            raise ConfigError(
+                "--streams-per-worker needs --ray",
+                hint="on this machine alone, run_stream.py --config FILE --output-dir DIR runs "
+                     "every live stream of a config in one process on one model")
         if backend is None:
             backend = RayCluster(settings.ray) if settings.ray is not None else LocalPool()
         self.backend = backend
@@ -155,9 +166,11 @@ class BatchRunner:
         files = [j for j in self.jobs if not j.live]
         streams = [j for j in self.jobs if j.live]
         threads = self.settings.threads or self.base.parser.threads or None
+        per_worker = self.settings.streams_per_worker
         plan = plan_workers(self.backend.cpu_count(), len(files), len(streams),
                             workers=self.settings.workers, threads=threads,
-                            retries=self.settings.retries)
+                            retries=self.settings.retries, streams_per_worker=per_worker,
+                            stream_workers=len(stream_groups(streams, per_worker)))
         pending: deque[Job] = deque(streams)
         for job in files:
             row = self.rows[job.key]
@@ -271,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "one per file; live streams get one each on top)")
     p.add_argument("--threads", type=int, help="inference threads per worker (default: "
                    "cores / workers)")
+    p.add_argument("--streams-per-worker", default="1", metavar="K",
+                   help="with --ray: live streams one worker runs side by side on its one "
+                   "model (default 1: a worker each)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed input "
                    "(default 1); a stream restarted after its worker died counts one")
     p.add_argument("--config", help="YAML config; may list sources: (see streamer/batch/runner.py)")
@@ -337,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = BatchSettings(workers=args.workers, threads=args.threads,
                                  retries=args.retries, ray=args.ray,
                                  skip_existing=args.skip_existing,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress,
+                                 streams_per_worker=parse_streams_per_worker(
+                                     args.streams_per_worker))
         if args.report:
             from streamer.io.sinks import check_output_path
 

@@ -86,26 +86,30 @@ class JobWorker:
             log.exception("worker could not load the model")
             self.info.error = f"cannot load the model ({type(exc).__name__}: {one_line(exc)})"
         self._lock = threading.Lock()
-        self._pipeline: Any = None
-        self._current: tuple[str, int] | None = None
+        self._running: dict[str, tuple[int, Any]] = {}  # job key -> (attempt, its Pipeline)
         self._stop_requested = False
 
     def ready(self) -> WorkerInfo:
+        self.info.parsers_built = parsers_built()[0]
         return self.info
 
-    def progress(self) -> tuple[str, int, int] | None:
-        """``(job key, attempt, frames written so far)`` of the running job, if any."""
+    def progress(self, key: str | None = None) -> tuple[str, int, int] | None:
+        """``(job key, attempt, frames written so far)`` of the running job (job ``key``, if
+        given), if any."""
         with self._lock:
-            if self._pipeline is None or self._current is None:
+            if key is None:
+                key = next(iter(self._running), None)
+            if key is None or key not in self._running:
                 return None
-            return (*self._current, self._pipeline.metrics.frames_written)
+            attempt, pipeline = self._running[key]
+            return key, attempt, pipeline.metrics.frames_written
 
     def stop(self) -> None:
-        """Stop the running job (its output is finalised) and do not start another."""
+        """Stop the running job(s) (outputs are finalised) and do not start another."""
         with self._lock:
             self._stop_requested = True
-            if self._pipeline is not None:
-                self._pipeline.stop()
+            for _attempt, pipeline in self._running.values():
+                pipeline.stop()
 
     def run(self, job: Job, attempt: int) -> JobResult:
         """Run one attempt at ``job``; never raises for a problem with the input."""
@@ -171,21 +175,26 @@ class JobWorker:
             result.output, result.metrics = str(video), str(metrics)
         result.seconds = round(time.monotonic() - started, 3)
         result.cpu_seconds = round(time.process_time() - cpu_started, 3)
+        result.parsers_built, result.engines_built = parsers_built()
         return result
 
-    def _run_pipeline(self, job: Job, attempt: int, config: Any) -> dict[str, Any]:
+    def _pipeline_for(self, job: Job, config: Any) -> Any:
+        """The job's pipeline, on this worker's model."""
         from streamer.pipeline import Pipeline
 
-        pipeline = Pipeline(config, job.source, parser=self._parser)
+        return Pipeline(config, job.source, parser=self._parser)
+
+    def _run_pipeline(self, job: Job, attempt: int, config: Any) -> dict[str, Any]:
+        pipeline = self._pipeline_for(job, config)
         with self._lock:
-            self._pipeline, self._current = pipeline, (job.key, attempt)
+            self._running[job.key] = (attempt, pipeline)
             if self._stop_requested:
                 pipeline.stop()
         try:
             return pipeline.run(show_progress=False)
         finally:
             with self._lock:
-                self._pipeline, self._current = None, None
+                self._running.pop(job.key, None)
 
     def _check_input(self, job: Job) -> None:
         if job.live or "://" in job.source or Path(job.source).exists():
@@ -208,3 +217,41 @@ def _damage_note(summary: dict[str, Any]) -> str | None:
     if damaged:
         parts.append(f"{damaged} damaged packet(s) decoded as far as possible")
     return "; ".join(parts) or None
+
+
+class StreamsWorker(JobWorker):
+    """Holds one loaded model and runs several live streams on it at once.
+
+    What ``run_stream.py batch --ray --streams-per-worker K`` gives each group of up to K
+    streams: the streams' :meth:`run` calls come in at the same time (a Ray actor with K + 1
+    threads), and each stream is its own :class:`~streamer.pipeline.Pipeline` (reader,
+    tracker, carrier, renderer, sinks: the same outputs and metrics as on a worker of its
+    own) whose detect + parse run on this worker's one model through a
+    :class:`~streamer.parsing.scheduler.ParseScheduler`, the oldest overlay first. A stream
+    that fails ends alone; the others keep running.
+
+    Example:
+        >>> worker = StreamsWorker(config.parser, threads=2)
+        >>> # worker.run(door, 1) and worker.run(yard, 1), each from its own thread
+    """
+
+    def __init__(self, parser_options: Any, threads: int) -> None:
+        super().__init__(parser_options, threads)
+        self._scheduler: Any = None
+        if self._parser is not None:
+            from streamer.parsing.scheduler import ParseScheduler
+
+            self._scheduler = ParseScheduler(self._parser, name="streamer-batch-scheduler")
+            self._scheduler.start()
+
+    def _pipeline_for(self, job: Job, config: Any) -> Any:
+        from streamer.pipeline import Pipeline
+
+        return Pipeline(config, job.source, scheduler=self._scheduler, name=job.label)
+
+
+def parsers_built() -> tuple[int, int]:
+    """``(parsers, engines)`` constructed in this process so far (``HumanParser``'s counts)."""
+    from streamer.parsing.parser import HumanParser
+
+    return HumanParser.built, HumanParser.engines_built
