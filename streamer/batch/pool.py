@@ -131,7 +131,8 @@ class LocalPool:
             self._frames.pop(job.key, None)
             if result.worker and result.worker not in self.workers_seen:
                 host, _, pid = result.worker.rpartition(":")
-                self.workers_seen[result.worker] = WorkerInfo(host, int(pid), result.threads)
+                self.workers_seen[result.worker] = WorkerInfo(
+                    host, int(pid), result.threads, parsers_built=result.parsers_built)
             outcomes.append(Outcome(job, result))
         if broken:
             # Every other job in flight died with the pool; collect them now.
