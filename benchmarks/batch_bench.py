@@ -43,8 +43,9 @@ sys.path.insert(0, str(ROOT))
 from media_helpers import first_frames  # noqa: E402
 
 from streamer import Pipeline, load_config  # noqa: E402
+from streamer.batch.pool import LocalPool  # noqa: E402
+from streamer.batch.ray_cluster import RayCluster  # noqa: E402
 from streamer.batch.runner import BatchRunner, BatchSettings, plan_batch  # noqa: E402
-from streamer.batch.workers import LocalPool, RayCluster  # noqa: E402
 from streamer.parsing.parser import HumanParser  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media" / "videos"

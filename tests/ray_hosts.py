@@ -284,7 +284,7 @@ class RayHosts:
 
     def process_titles(self, role: str) -> list[str]:
         """The command lines of the processes running on ``role`` (Ray sets titles such as
-        ``ray::RayParseWorker.run`` while an actor runs a method)."""
+        ``ray::RayJobWorker.run`` while an actor runs a method)."""
         titles = []
         for pid in self.pids(role):
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,9 @@ from media_helpers import (
 
 from streamer import Pipeline, load_config
 from streamer.apps.inputs import stream_name
+from streamer.batch.plan import stream_groups
+from streamer.batch.pool import LocalPool
+from streamer.batch.ray_cluster import RayCluster
 from streamer.batch.runner import (
     BatchRunner,
     BatchSettings,
@@ -37,8 +41,8 @@ from streamer.batch.runner import (
     plan_batch,
     plan_workers,
 )
-from streamer.batch.workers import LocalPool, RayCluster
 from streamer.core.errors import ConfigError
+from streamer.core.metrics import RunMetrics
 from streamer.parsing.parser import HumanParser, ParserOptions
 
 try:
@@ -166,6 +170,8 @@ def test_thread_budget_is_cores_over_workers():
     assert (plan.workers, plan.threads) == (3, 5)
     plan = plan_workers(8, files=10, streams=2)  # each stream has its own worker
     assert (plan.workers, plan.streams, plan.threads) == (6, 2, 1)
+    plan = plan_workers(8, files=10, streams=4, streams_per_worker=2, stream_workers=2)
+    assert (plan.workers, plan.stream_workers, plan.total_workers, plan.threads) == (6, 2, 8, 1)
     plan = plan_workers(2, files=5, streams=0, workers=3)  # more workers than cores
     assert plan.threads == 1 and plan.cpus == pytest.approx(2 / 3)
 
@@ -185,6 +191,10 @@ def test_sources_from_config_carry_their_own_settings(tmp_path: Path):
     assert jobs[1].config.output.frames == "parsed" and jobs[0].config.output.frames == "all"
     assert all(j.config.detector.every == 2 and j.config.detector.type == "full" for j in jobs)
     assert jobs[1].paths(2)[0] == tmp_path / "out" / "paced.restart1.mp4"
+    # --streams-per-worker: a stream that writes only parsed frames keeps a worker of its own.
+    assert [[j.label for j in g] for g in stream_groups(jobs + jobs[:1], 2)] == [
+        ["cam1_8554_live", "cam1_8554_live"], ["paced"]]
+    assert [len(g) for g in stream_groups(jobs, 1)] == [1, 1]
     config.write_text("sources:\n  - uri: a.mp4\n    parser: {threads: 3}\n")
     with pytest.raises(ConfigError, match="parser settings apply to all sources"):
         plan_batch([], tmp_path / "out", config_path=str(config), overrides=[])
@@ -313,6 +323,117 @@ def test_live_streams_get_an_actor_each_and_a_killed_one_reconnects(
     assert fast_row.result.worker != cam_row.result.worker
 
 
+@needs_ray
+def test_streams_per_worker_runs_a_group_of_streams_on_one_model(
+        ray_cluster, tmp_path: Path, tiny_single_model: Path):
+    reason = rtsp_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    clip = make_clip(tmp_path / "cam.mp4", frames=250, size=(160, 120), fps=25)
+    names = ("cam1", "cam2", "gone")
+    servers = {name: RtspServer(clip, loop=True, mount=f"/{name}") for name in names}
+    out = tmp_path / "out"
+    try:
+        for server in servers.values():
+            server.start()
+        config = tmp_path / "cams.yaml"
+        config.write_text("sources:\n" + "".join(
+            f"  - uri: {servers[name].url}\n    name: {name}\n    source: "
+            f"{{open_timeout_s: 5, reconnect_max_attempts: {0 if name == 'gone' else 3}}}\n"
+            for name in names) + "detector: {type: full}\n")
+        jobs, base = plan_batch([], out, config_path=str(config),
+                                overrides=tiny_sets(tiny_single_model), fmt="mkv")
+        keys = {job.label: job.key for job in jobs}
+        runner = BatchRunner(jobs, base, BatchSettings(retries=1, progress=False,
+                                                       streams_per_worker=3),
+                             backend=RayCluster())
+        reports = []
+        thread = threading.Thread(target=lambda: reports.append(runner.run()))
+        thread.start()
+
+        def wait(condition, what: str, timeout: float = 60) -> None:
+            deadline = time.monotonic() + timeout
+            while not condition():
+                assert time.monotonic() < deadline and thread.is_alive(), f"never {what}"
+                time.sleep(0.05)
+
+        try:
+            wait(lambda: all(runner.frames_done(k) >= 5 for k in keys.values()),
+                 "all three recording")
+            (actor,) = {id(runner.backend.actor_for(k)): runner.backend.actor_for(k)
+                        for k in keys.values()}.values()  # one actor runs the three
+            first = ray.get(actor.ready.remote())
+            # One stream's camera goes away for good: it ends alone, the others go on.
+            servers["gone"].kill()
+            wait(lambda: runner.rows[keys["gone"]].status in ("ok", "failed"), "gone ended")
+            alive = {k: runner.frames_done(keys[k]) for k in ("cam1", "cam2")}
+            wait(lambda: all(runner.frames_done(keys[k]) >= alive[k] + 10 for k in alive),
+                 "the other two recording on")
+            assert runner.rows[keys["cam1"]].attempts == runner.rows[keys["cam2"]].attempts == 1
+            # The actor dies: Ray restarts it and each of its streams goes on in a new file.
+            ray.kill(actor, no_restart=False)
+            wait(lambda: all(runner.rows[keys[k]].attempts == 2
+                             and runner.frames_done(keys[k]) >= 5 for k in alive),
+                 "both streams restarted", timeout=90)
+            runner.stop()
+            thread.join(timeout=60)
+        finally:
+            runner.stop()
+            thread.join(timeout=60)
+    finally:
+        for server in servers.values():
+            server.kill()
+    assert not thread.is_alive()
+    report = reports[0]
+    assert (report.plan.streams, report.plan.stream_workers, report.plan.workers) == (3, 1, 0)
+    assert report.to_dict()["streams_per_worker"] == 3
+    rows = {row.job.label: row for row in report.rows}
+    # One process ran the three streams, and it built one model: counted, not assumed.
+    ran = [h for row in rows.values() for h in row.history if not h.died]
+    assert {row.history[0].worker for row in rows.values()} == {first.name}
+    assert {(h.parsers_built, h.engines_built) for h in ran} == {(1, 1)}
+    assert [w.parsers_built for w in report.workers] == [1, 1]  # the actor, then its restart
+    assert rows["gone"].attempts <= 2 and not any(h.died for h in rows["gone"].history)
+    for name in ("cam1", "cam2"):
+        row = rows[name]
+        assert row.status == "ok" and row.attempts == 2, row.errors
+        assert row.errors[0].startswith("worker died") and row.history[0].died
+        assert row.history[1].worker != first.name  # the restarted actor, a new process
+        # The same files and metrics as a worker of their own writes: NAME.mkv (kept, with
+        # what reached the disk before the kill), then NAME.restart1.mkv with its metrics.
+        assert (out / f"{name}.mkv").is_file()
+        metrics = json.loads((out / f"{name}.restart1.metrics.json").read_text())
+        fresh = RunMetrics().summary()  # the keys every run's metrics have
+        assert set(metrics) == set(fresh) and set(metrics["stages_ms"]) == set(fresh["stages_ms"])
+        assert len(decode(out / f"{name}.restart1.mkv")[0]) == metrics["frames_written"] >= 5
+        assert metrics["frames_written"] == metrics["frames_read"]
+        assert row.result.summary["frames_written"] == metrics["frames_written"]
+
+
+def test_streams_per_worker_must_be_a_whole_number_and_needs_ray(
+        tmp_path: Path, tiny_single_model: Path, capsys):
+    from streamer.batch.runner import main
+
+    clip = make_clip(tmp_path / "c.mp4", frames=2, size=(64, 48))
+    argv = ["--source", str(clip), "--output-dir", str(tmp_path / "out"), "--model",
+            str(tiny_single_model), "--no-progress"]
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for value in ("0", "-1", "two", "1.5"):
+            assert main([*argv, "--ray", "local", "--streams-per-worker", value]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == [f"error: --streams-per-worker must be a whole number of 1 or more, "
+                           f"not {value!r}; give how many live streams one Ray worker runs on "
+                           "its one model, e.g. --streams-per-worker 4"], err
+        assert main([*argv, "--streams-per-worker", "2"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: --streams-per-worker needs --ray; "), line
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert not (tmp_path / "out" / "c.mp4").exists()
+
+
 # ------------------------------------------------------------------------ local pool
 def test_local_pool_matches_single_process(tmp_path: Path, clips, references,
                                            tiny_single_model: Path):
@@ -323,6 +444,7 @@ def test_local_pool_matches_single_process(tmp_path: Path, clips, references,
                          backend=LocalPool()).run()
     check_batch_against_references(report, clips, references, out)
     assert 1 <= len(report.workers) <= 2 and all(w.threads == 1 for w in report.workers)
+    assert all(w.parsers_built == 1 for w in report.workers)  # one model per process
 
 
 def test_cli_corrupt_input_fails_alone_and_exit_code_says_so(tmp_path: Path,

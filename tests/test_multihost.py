@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -110,9 +111,40 @@ def wait_until(condition, timeout: float, what: str, proc: subprocess.Popen | No
         time.sleep(0.1)
 
 
+@dataclass
+class FileBatch:
+    """Clips made for one test and the batch command over them."""
+
+    folder: Path
+    clips: list[Path]
+    out: Path
+    report: Path
+    argv: list[str]
+
+
+def file_batch(cluster: RayHosts, name: str, clips: list[tuple[str, int]], *,
+               size: tuple[int, int], extra: tuple[str, ...] = ()) -> FileBatch:
+    """``clips`` ((stem, frames) each) made in ``BASE/name/in``, and the batch over them on
+    two workers of one thread each, writing ``BASE/name/out`` and ``BASE/name/report.json``.
+
+    Example:
+        >>> run = file_batch(cluster, "spread", [("a", 16)], size=(160, 120))
+        >>> cluster.run("head", *run.argv).returncode
+        0
+    """
+    folder = cluster.base / name
+    inputs = folder / "in"
+    inputs.mkdir(parents=True)
+    made = [make_clip(inputs / f"{stem}.mp4", frames=frames, size=size) for stem, frames in clips]
+    out, report = folder / "out", folder / "report.json"
+    argv = batch_argv("--source", *made, "--output-dir", out, "--ray", cluster.address,
+                      "--workers", "2", "--threads", "1", *extra, report=report)
+    return FileBatch(folder, made, out, report, argv)
+
+
 def has_worker(cluster: RayHosts, role: str) -> bool:
-    """Whether a batch worker (a ``RayParseWorker`` actor process) lives on host ``role``."""
-    return any(t.startswith("ray::RayParseWorker") for t in cluster.process_titles(role))
+    """Whether a batch worker (a ``RayJobWorker`` actor process) lives on host ``role``."""
+    return any(t.startswith("ray::RayJobWorker") for t in cluster.process_titles(role))
 
 
 # ------------------------------------------------------------------------ placement
@@ -120,15 +152,9 @@ def has_worker(cluster: RayHosts, role: str) -> bool:
 @pytest.mark.slow
 def test_batch_spreads_over_hosts_and_matches_a_single_process(cluster: RayHosts,
                                                                tiny_single_model: Path):
-    folder = cluster.base / "spread"
-    inputs = folder / "in"
-    inputs.mkdir(parents=True)
-    clips = [make_clip(inputs / f"{name}.mp4", frames=frames, size=(160, 120))
-             for name, frames in (("a", 16), ("b", 12), ("c", 14))]
-    out, report = folder / "out", folder / "report.json"
-    result = cluster.run("head", *batch_argv("--source", *clips, "--output-dir", out,
-                                             "--ray", cluster.address, "--workers", "2",
-                                             "--threads", "1", report=report))
+    run = file_batch(cluster, "spread", [("a", 16), ("b", 12), ("c", 14)], size=(160, 120))
+    folder, clips, out, report = run.folder, run.clips, run.out, run.report
+    result = cluster.run("head", *run.argv)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = rows_by_name(report)
     workers = {cluster.hosts[r].ip: cluster.node_ids[r] for r in ("w1", "w2")}
@@ -156,19 +182,13 @@ def test_batch_spreads_over_hosts_and_matches_a_single_process(cluster: RayHosts
 @pytest.mark.slow
 def test_worker_host_lost_mid_batch_costs_only_its_jobs_retries(cluster: RayHosts,
                                                                tiny_single_model: Path):
-    folder = cluster.base / "loss"
-    inputs = folder / "in"
-    inputs.mkdir(parents=True)
     # Long enough that the host dies mid-file even on a fast machine.
-    clips = [make_clip(inputs / f"long{i}.mp4", frames=60, size=(128, 96)) for i in range(2)]
-    out, report = folder / "out", folder / "report.json"
+    run = file_batch(cluster, "loss", [(f"long{i}", 60) for i in range(2)], size=(128, 96),
+                     extra=("--retries", "1"))
+    folder, clips, out, report = run.folder, run.clips, run.out, run.report
     lost_ip, kept_ip = cluster.hosts["w2"].ip, cluster.hosts["w1"].ip
     lost_node = cluster.node_ids["w2"]
-    proc = cluster.popen("head", *batch_argv("--source", *clips, "--output-dir", out,
-                                             "--ray", cluster.address, "--workers", "2",
-                                             "--threads", "1", "--retries", "1",
-                                             report=report),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = cluster.popen("head", *run.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         # Two workers, one per host, each writing its file: w2 is mid-file.
         wait_until(lambda: has_worker(cluster, "w2") and len(list(out.glob("*.partial.mp4")))

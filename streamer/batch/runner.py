@@ -5,10 +5,10 @@ metrics JSON as ``run_stream.py --source FILE --output OUT --metrics M``; a live
 ``rtsp://`` URL, a webcam, or a file with ``source.realtime: true``) runs until it ends. The
 jobs run on workers that each load the model once and keep it for every job they take:
 
-- without ``--ray``: a process pool on this machine (:class:`~streamer.batch.workers.LocalPool`);
+- without ``--ray``: a process pool on this machine (:class:`~streamer.batch.pool.LocalPool`);
 - with ``--ray [ADDRESS|auto|local]``: Ray actors across a cluster
-  (:class:`~streamer.batch.workers.RayCluster`), one per file worker and one per stream, which
-  Ray restarts when they die. Ray is optional (``pip install 'streamer[ray]'``).
+  (:class:`~streamer.batch.ray_cluster.RayCluster`), one per file worker and one per stream,
+  which Ray restarts when they die. Ray is optional (``pip install 'streamer[ray]'``).
 
 With N workers on C cores each worker's engine gets C/N intra-op threads. A failed job is
 retried ``--retries`` times and never stops the others; the batch shows files done, frames per
@@ -48,22 +48,25 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from streamer.apps.common import SignalStop, yaml_quote
-from streamer.apps.inputs import is_stream_uri, load_sources, stream_name
-from streamer.batch.workers import (
-    ClusterError,
-    HostCheckError,
+from streamer.batch.hosts import HostCheckError
+from streamer.batch.plan import (
+    OUTPUT_FORMATS,
     Job,
     JobResult,
-    LocalPool,
-    RayCluster,
-    WorkerInfo,
-    WorkerPlan,
+    parse_streams_per_worker,
+    plan_batch,
+    plan_workers,
+    stream_groups,
 )
+from streamer.batch.pool import LocalPool
+from streamer.batch.progress import BatchProgress
+from streamer.batch.ray_cluster import ClusterError, RayCluster
+from streamer.batch.report import BatchReport, FileRow, format_table
 from streamer.config import Config
 from streamer.core.errors import ConfigError, StreamerError
 from streamer.core.heap import return_large_buffers
@@ -84,114 +87,6 @@ __all__ = [
 log = logging.getLogger("streamer.batch")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-OUTPUT_FORMATS = ("mp4", "mkv")
-
-
-# ------------------------------------------------------------------------ jobs and outputs
-def plan_batch(patterns: list[str], output_dir: str | Path, *, config_path: str | None,
-               overrides: list[str], fmt: str = "mp4") -> tuple[list[Job], Config]:
-    """The jobs of a batch (sources, outputs, per-source config) and its base configuration.
-
-    Raises :class:`ConfigError` before any work when two inputs would write the same output,
-    or an output would overwrite an input.
-
-    Example:
-        >>> jobs, base = plan_batch(["a/x.mp4", "b/x.mp4"], "out", config_path=None,
-        ...                         overrides=[])
-        >>> [str(j.output) for j in jobs]
-        ['/abs/out/a/x.mp4', '/abs/out/b/x.mp4']
-    """
-    if fmt not in OUTPUT_FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, not {fmt!r}")
-    base, specs = load_sources(config_path, overrides, patterns)
-    out_dir = Path(os.path.abspath(os.path.expanduser(output_dir)))
-    live_flags = [is_stream_uri(s.uri) or s.config.source.realtime for s in specs]
-    local = [not live and "://" not in s.uri for s, live in zip(specs, live_flags, strict=True)]
-    common = _common_folder([Path(s.uri) for s, ok in zip(specs, local, strict=True) if ok])
-    jobs: list[Job] = []
-    owners: dict[Path, str] = {}
-    inputs = {Path(s.uri) for s, ok in zip(specs, local, strict=True) if ok}
-    for i, (spec, live) in enumerate(zip(specs, live_flags, strict=True)):
-        if live:
-            label = spec.name or stream_name(spec.uri)
-            rel = Path(label)
-        else:
-            if local[i] and common is not None:
-                rel = Path(spec.uri).relative_to(common)
-            else:  # a file by URL (http://...): named after its last path part
-                rel = Path(Path(spec.uri.split("?", 1)[0]).name or stream_name(spec.uri))
-            label = spec.name or str(rel)
-            rel = rel.with_suffix("")
-        output = out_dir / f"{rel}.{fmt}"
-        if output in owners:
-            raise ConfigError(
-                f"{owners[output]} and {spec.uri} would both write {output}",
-                hint="give the streams different name: values, or run such files in "
-                     "separate batches")
-        if output in inputs:
-            raise ConfigError(f"output {output} would overwrite an input",
-                              hint="choose another --output-dir")
-        owners[output] = spec.uri
-        cfg = spec.config
-        labels = out_dir / f"{rel}.labels" if cfg.output.labels_dir else None
-        stats = out_dir / f"{rel}.stats.jsonl" if cfg.output.stats_jsonl else None
-        jobs.append(Job(
-            key=f"{i:05d}", source=spec.uri, label=label, output=output,
-            metrics=out_dir / f"{rel}.metrics.json", config=cfg, live=live,
-            frames_expected=probe_frames(spec.uri) if local[i] else None,
-            labels_dir=labels, stats_jsonl=stats))
-    return jobs, base
-
-
-def _common_folder(paths: list[Path]) -> Path | None:
-    if not paths:
-        return None
-    return Path(os.path.commonpath([str(p.parent) for p in paths]))
-
-
-def probe_frames(path: str) -> int | None:
-    """The number of video frames in a file (from its header; ``None`` if unknown)."""
-    try:
-        import av
-
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            if stream.duration and stream.time_base and stream.average_rate:
-                return int(float(stream.duration * stream.time_base * stream.average_rate))
-    except Exception:  # noqa: BLE001 - a bad file is reported when it is run
-        return None
-    return None
-
-
-def plan_workers(cpus: int, files: int, streams: int, *, workers: int | None = None,
-                 threads: int | None = None, retries: int = 1) -> WorkerPlan:
-    """Split ``cpus`` cores: N workers (one per stream, the rest for files), C/N threads each.
-
-    By default there is one file worker per core left after the streams (at most one per
-    file), each with ``cpus // N`` intra-op threads, at least one. ``workers`` and ``threads``
-    override either side. A Ray actor reserves ``min(threads, cpus / N)`` CPUs, so N actors
-    always fit on the cluster even when they outnumber its cores.
-
-    Example:
-        >>> plan_workers(8, files=3, streams=0)
-        WorkerPlan(workers=3, threads=2, cpus=2, streams=0, total_cpus=8, retries=1)
-        >>> plan_workers(2, files=10, streams=0, workers=1).threads
-        2
-    """
-    if workers is None:
-        per = threads or 1
-        workers = max(1, cpus // per - streams)
-    workers = min(max(1, workers), files) if files else 0
-    total = max(1, workers + streams)
-    if not threads:
-        threads = max(1, cpus // total)
-    cpus_each = min(float(threads), cpus / total)
-    if cpus_each.is_integer():
-        cpus_each = int(cpus_each)
-    return WorkerPlan(workers=workers, threads=threads, cpus=cpus_each, streams=streams,
-                      total_cpus=cpus, retries=retries)
 
 
 # ------------------------------------------------------------------------ running
@@ -207,200 +102,7 @@ class BatchSettings:
     ray: str | None = None
     skip_existing: bool = False
     progress: bool = True
-
-
-@dataclass
-class FileRow:
-    """The final state of one input, as the table shows it, and every attempt at it.
-
-    ``history`` holds one :class:`JobResult` per finished attempt, in order: on Ray each says
-    on which node it ran (``node_id``, ``node_ip``) and whether its worker died there.
-    """
-
-    job: Job
-    status: str = "not run"
-    attempts: int = 0
-    result: JobResult | None = None
-    errors: list[str] = field(default_factory=list)
-    history: list[JobResult] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        r = self.result
-        return {
-            "input": self.job.source, "label": self.job.label, "live": self.job.live,
-            "status": self.status, "attempts": self.attempts,
-            "frames": r.frames if r else 0, "seconds": r.seconds if r else 0.0,
-            "cpu_seconds": r.cpu_seconds if r else 0.0,
-            "output": r.output if r else None, "metrics": r.metrics if r else None,
-            "worker": r.worker if r else None, "threads": r.threads if r else None,
-            "error": self.errors[-1] if self.errors and self.status != "ok" else None,
-            "errors": self.errors, "warning": r.warning if r else None,
-            "restarts": [str(p) for p in self._restart_outputs()],
-            "node_id": r.node_id if r else None, "node_ip": r.node_ip if r else None,
-            "history": [{
-                "attempt": h.attempt, "status": h.status, "node_id": h.node_id,
-                "node_ip": h.node_ip, "worker": h.worker or None, "died": h.died,
-                "frames": h.frames, "seconds": h.seconds, "output": h.output,
-                "error": h.error} for h in self.history],
-        }
-
-    def _restart_outputs(self) -> list[Path]:
-        if not self.job.live:
-            return []
-        return [p for a in range(2, self.attempts + 1) if (p := self.job.paths(a)[0]).exists()]
-
-
-@dataclass
-class BatchReport:
-    """What a batch did: one :class:`FileRow` per input, the plan, the time it took."""
-
-    rows: list[FileRow]
-    plan: WorkerPlan
-    backend: str
-    seconds: float
-    stopped_by: int | None = None
-    fatal: str | None = None
-    workers: list[WorkerInfo] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[FileRow]:
-        return [r for r in self.rows if r.status == "failed"]
-
-    @property
-    def frames(self) -> int:
-        return sum(r.result.frames for r in self.rows if r.result and r.status == "ok")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "backend": self.backend, "workers": self.plan.workers, "streams": self.plan.streams,
-            "threads_per_worker": self.plan.threads, "cpus_per_worker": self.plan.cpus,
-            "cpus": self.plan.total_cpus, "seconds": round(self.seconds, 3),
-            "frames": self.frames,
-            "fps": round(self.frames / self.seconds, 3) if self.seconds > 0 else 0.0,
-            "ok": sum(r.status == "ok" for r in self.rows), "failed": len(self.failed),
-            "fatal": self.fatal, "stopped_by_signal": self.stopped_by,
-            "worker_processes": [dataclasses.asdict(w) for w in self.workers],
-            "files": [r.to_dict() for r in self.rows],
-        }
-
-
-class BatchProgress:
-    """The batch's progress line: files done of total, frames per second, ETA.
-
-    On a terminal the line is redrawn in place twice a second; otherwise (logs, CI) a full
-    line is printed every 15 seconds. Finished files are printed as they finish.
-    """
-
-    def __init__(self, jobs: list[Job], stream: TextIO, enabled: bool) -> None:
-        self.stream = stream
-        self.enabled = enabled
-        self.tty = enabled and stream.isatty()
-        self.files = [j for j in jobs if not j.live]
-        self.streams = [j for j in jobs if j.live]
-        known = [j.frames_expected for j in self.files if j.frames_expected]
-        guess = sum(known) / len(known) if known else 0
-        self.expected = {j.key: j.frames_expected or guess for j in self.files}
-        self.started = time.monotonic()
-        self.done_frames: dict[str, int] = {}
-        self.live_frames: dict[str, int] = {}
-        self.finished: set[str] = set()
-        self.failed = 0
-        self.samples: deque[tuple[float, int]] = deque(maxlen=240)
-        self._last_print = 0.0
-        self._shown = False
-
-    def total_frames(self) -> int:
-        return sum(self.done_frames.values()) + sum(self.live_frames.values())
-
-    def update(self, running: dict[str, int]) -> None:
-        self.live_frames = dict(running)
-        now = time.monotonic()
-        self.samples.append((now, self.total_frames()))
-        period = 0.5 if self.tty else 15.0
-        if self.enabled and now - self._last_print >= period:
-            self._last_print = now
-            self._emit(self.line())
-
-    def finish(self, row: FileRow, final: bool) -> None:
-        if not final:
-            if self.enabled:
-                error = row.errors[-1] if row.errors else ""
-                self._emit(f"retrying {row.job.label} (attempt {row.attempts} failed: {error})",
-                           keep=True)
-            return
-        self.finished.add(row.job.key)
-        self.live_frames.pop(row.job.key, None)
-        if row.result is not None:
-            self.done_frames[row.job.key] = row.result.frames
-            if row.job.key in self.expected and row.status == "ok":
-                self.expected[row.job.key] = row.result.frames
-        if row.status == "failed":
-            self.failed += 1
-        if self.enabled:
-            self._emit(_row_line(row), keep=True)
-            self._emit(self.line())
-
-    def fps(self) -> float:
-        """Frames per second over the last minute (since the start before that)."""
-        if len(self.samples) < 2:
-            return 0.0
-        now, frames = self.samples[-1]
-        old = next(((t, f) for t, f in self.samples if now - t <= 60), self.samples[0])
-        if now - old[0] < 1e-3:
-            return 0.0
-        return (frames - old[1]) / (now - old[0])
-
-    def line(self) -> str:
-        done = sum(1 for j in self.files if j.key in self.finished)
-        frames = self.total_frames()
-        fps = self.fps()
-        parts = [f"batch: {done}/{len(self.files)} files done"]
-        if self.failed:
-            parts[0] += f" ({self.failed} failed)"
-        if self.streams:
-            live = sum(1 for j in self.streams if j.key not in self.finished)
-            parts.append(f"{live} stream(s) running")
-        parts.append(f"{frames} frames")
-        parts.append(f"{fps:.1f} fps")
-        file_frames = sum(v for k, v in self.done_frames.items() if k in self.expected) + sum(
-            v for k, v in self.live_frames.items() if k in self.expected)
-        left = sum(self.expected.values()) - file_frames
-        if self.files and done < len(self.files):
-            parts.append(f"ETA {_duration(left / fps)}" if fps > 0 and left > 0 else "ETA ?")
-        parts.append(f"elapsed {_duration(time.monotonic() - self.started)}")
-        return "  ".join(parts)
-
-    def _emit(self, text: str, keep: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if keep else ""))
-            self._shown = not keep
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.tty and self._shown:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def _row_line(row: FileRow) -> str:
-    r = row.result
-    text = f"{row.status:<7} {row.job.label}"
-    if r is not None:
-        text += f"  {r.frames} frames  {r.seconds:.1f} s"
-    if row.status != "ok" and row.errors:
-        text += f"  {row.errors[-1]}"
-    return text
+    streams_per_worker: int = 1  # live streams per Ray worker, on its one model
 
 
 class BatchRunner:
@@ -428,6 +130,14 @@ class BatchRunner:
             raise ConfigError(f"--workers must be at least 1, not {settings.workers}")
         if settings.threads is not None and settings.threads < 1:
             raise ConfigError(f"--threads must be at least 1, not {settings.threads}")
+        parse_streams_per_worker(settings.streams_per_worker)
+        if settings.streams_per_worker > 1 and (
+                settings.ray is None if backend is None
+                else getattr(backend, "kind", None) != "ray"):
+            raise ConfigError(
+                "--streams-per-worker needs --ray",
+                hint="on this machine alone, run_stream.py --config FILE --output-dir DIR runs "
+                     "every live stream of a config in one process on one model")
         if backend is None:
             backend = RayCluster(settings.ray) if settings.ray is not None else LocalPool()
         self.backend = backend
@@ -456,9 +166,11 @@ class BatchRunner:
         files = [j for j in self.jobs if not j.live]
         streams = [j for j in self.jobs if j.live]
         threads = self.settings.threads or self.base.parser.threads or None
+        per_worker = self.settings.streams_per_worker
         plan = plan_workers(self.backend.cpu_count(), len(files), len(streams),
                             workers=self.settings.workers, threads=threads,
-                            retries=self.settings.retries)
+                            retries=self.settings.retries, streams_per_worker=per_worker,
+                            stream_workers=len(stream_groups(streams, per_worker)))
         pending: deque[Job] = deque(streams)
         for job in files:
             row = self.rows[job.key]
@@ -542,44 +254,6 @@ class BatchRunner:
         pending.extendleft(reversed(held))
 
 
-# ------------------------------------------------------------------------ output
-def format_table(report: BatchReport) -> str:
-    """The end-of-batch table: one row per input, then a summary line.
-
-    Example:
-        >>> print(format_table(report))
-        status   frames  seconds  tries  input
-        ok          241     52.1      1  chaplin_bw.mp4
-        failed        0      0.0      2  bad.mp4  cannot read /data/bad.mp4 as a video (...)
-        3 inputs: 2 ok, 1 failed; 482 frames in 61.2 s (7.9 fps) ...
-    """
-    lines = [f"{'status':<8}{'frames':>7}{'seconds':>9}{'tries':>7}  input"]
-    for row in report.rows:
-        r = row.result
-        frames = r.frames if r else 0
-        seconds = r.seconds if r else 0.0
-        line = f"{row.status:<8}{frames:>7}{seconds:>9.1f}{row.attempts:>7}  {row.job.label}"
-        if row.status in ("failed", "not run") and row.errors:
-            line += f"  {row.errors[-1]}"
-        elif row.status == "ok" and row.attempts > 1:
-            line += f"  (after: {row.errors[-1]})" if row.errors else ""
-        if r is not None and r.warning and row.status == "ok":
-            line += f"  warning: {r.warning}"
-        lines.append(line)
-    counts: dict[str, int] = {}
-    for row in report.rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
-    order = ("ok", "failed", "stopped", "skipped", "not run")
-    summary = ", ".join(f"{counts[s]} {s}" for s in order if s in counts)
-    fps = report.frames / report.seconds if report.seconds > 0 else 0.0
-    plan = report.plan
-    lines.append(
-        f"{len(report.rows)} inputs: {summary}; {report.frames} frames in {report.seconds:.1f} s "
-        f"({fps:.2f} fps); {plan.total_workers} worker(s) x {plan.threads} thread(s) on "
-        f"{report.backend}")
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
     from streamer.vision.detect import DETECTOR_TYPES
@@ -610,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "one per file; live streams get one each on top)")
     p.add_argument("--threads", type=int, help="inference threads per worker (default: "
                    "cores / workers)")
+    p.add_argument("--streams-per-worker", default="1", metavar="K",
+                   help="with --ray: live streams one worker runs side by side on its one "
+                   "model (default 1: a worker each)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed input "
                    "(default 1); a stream restarted after its worker died counts one")
     p.add_argument("--config", help="YAML config; may list sources: (see streamer/batch/runner.py)")
@@ -676,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = BatchSettings(workers=args.workers, threads=args.threads,
                                  retries=args.retries, ray=args.ray,
                                  skip_existing=args.skip_existing,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress,
+                                 streams_per_worker=parse_streams_per_worker(
+                                     args.streams_per_worker))
         if args.report:
             from streamer.io.sinks import check_output_path
 
