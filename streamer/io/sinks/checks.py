@@ -11,16 +11,67 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Collection
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from streamer.core.errors import SinkError
+from streamer.core.errors import ConfigError, SinkError
+from streamer.io.sources.base import redact_url
 
-__all__ = ["VIDEO_SUFFIXES", "check_output_path", "file_size_limit", "prepare_labels_dir",
-           "write_failed"]
+__all__ = ["PUBLISH_SCHEMES", "VIDEO_SUFFIXES", "check_output_path", "check_publish_url",
+           "file_size_limit", "prepare_labels_dir", "url_scheme", "write_failed"]
 
 
 VIDEO_SUFFIXES = frozenset({".mp4", ".mkv", ".mov", ".m4v"})
+#: URL schemes a video output can publish to (streamer.io.sinks.publish).
+PUBLISH_SCHEMES = ("rtsp",)
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def url_scheme(path: str | os.PathLike[str]) -> str | None:
+    """The lower-case scheme of a URL (``rtsp://...`` -> ``rtsp``), ``None`` for a file path.
+
+    Example:
+        >>> url_scheme("RTSP://cam/live"), url_scheme("out/parsed.mp4")
+        ('rtsp', None)
+    """
+    match = _SCHEME.match(os.fspath(path).strip())
+    return match.group(1).lower() if match else None
+
+
+def check_publish_url(url: str) -> str:
+    """Check that ``url`` is an ``rtsp://HOST[:PORT]/PATH`` to publish to; return it.
+
+    Raises :class:`ConfigError` with one line for another scheme (``rtsps``, ``rtmp``, ...),
+    a missing host or path, or a bad port.
+
+    Example:
+        >>> check_publish_url("rtsp://127.0.0.1:8554/parsed")
+        'rtsp://127.0.0.1:8554/parsed'
+        >>> check_publish_url("rtsps://nvr.local/parsed")
+        Traceback (most recent call last):
+        streamer.core.errors.ConfigError: cannot publish to rtsps://nvr.local/parsed: ...
+    """
+    url = url.strip()
+    shown = redact_url(url)
+    scheme = url_scheme(url)
+    form = "rtsp://HOST:PORT/PATH"
+    if scheme not in PUBLISH_SCHEMES:
+        raise ConfigError(f"cannot publish to {shown}: only rtsp:// outputs are supported, "
+                          f"not {scheme}://", hint=f"use {form} or a video file path")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigError(f"cannot publish to {shown}: {exc}", hint=f"use {form}") from None
+    if not parts.hostname:
+        raise ConfigError(f"cannot publish to {shown}: no host", hint=f"use {form}")
+    if parts.path.strip("/") == "":
+        raise ConfigError(f"cannot publish to {shown}: no path (the server's mount)",
+                          hint=f"use {form}, e.g. rtsp://127.0.0.1:8554/parsed")
+    return url
 
 
 def check_output_path(
@@ -29,8 +80,10 @@ def check_output_path(
     """Check that ``path`` can be created or overwritten; return it as a :class:`Path`.
 
     Raises :class:`SinkError` with one line if the folder is missing or not writable, the path
-    is a folder, or (when ``suffixes`` is given) the suffix is not one of them. Call it before
-    any slow work, so a typo in ``--output`` fails in milliseconds rather than after an hour.
+    is a folder, or (when ``suffixes`` is given) the suffix is not one of them. Where
+    ``suffixes`` holds the video ones, an ``rtsp://`` URL is accepted too (checked by
+    :func:`check_publish_url`; the Path returned is then just the URL). Call it before any
+    slow work, so a typo in ``--output`` fails in milliseconds rather than after an hour.
 
     Example:
         >>> check_output_path("/tmp/out.mp4", suffixes=VIDEO_SUFFIXES)
@@ -39,6 +92,14 @@ def check_output_path(
         Traceback (most recent call last):
         streamer.core.errors.SinkError: output folder /no/such/dir does not exist; create it ...
     """
+    scheme = url_scheme(path)
+    if scheme is not None:
+        # A video output may be a URL to publish to; any other output is a file.
+        if suffixes is None or not VIDEO_SUFFIXES & set(suffixes):
+            raise SinkError(f"cannot write {redact_url(os.fspath(path))}: this output must be "
+                            "a file path, not a URL", hint="give a file path")
+        check_publish_url(os.fspath(path))
+        return Path(path)
     path = Path(path)
     folder = path.parent
     if suffixes is not None and path.suffix.lower() not in suffixes:

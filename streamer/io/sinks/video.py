@@ -24,7 +24,7 @@ from streamer.io.sinks.checks import (
 )
 from streamer.io.sinks.matroska import matroska_template
 
-__all__ = ["VideoFileSink"]
+__all__ = ["VideoFileSink", "fit_image", "next_pts", "to_video_frame"]
 
 log = logging.getLogger("streamer.sinks")
 
@@ -170,26 +170,15 @@ class VideoFileSink(FinalisingSink):
         return self._audio_out is not None
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
-            )
-        h, w = image.shape[:2]
-        if (h, w) == (self.height, self.width):
-            return image
-        if h - self.height in (0, 1) and w - self.width in (0, 1):
-            return image[: self.height, : self.width]  # odd source size, even output size
-        import cv2
-
-        if not self._warned_resize:
+        fitted, rescaled = fit_image(image, self.width, self.height)
+        if rescaled and not self._warned_resize:
+            h, w = image.shape[:2]
             log.warning(
                 "frame size changed to %dx%d; rescaling to the output's %dx%d",
                 w, h, self.width, self.height,
             )  # fmt: skip
             self._warned_resize = True
-        shrink = w * h > self.width * self.height
-        interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        return cv2.resize(image, (self.width, self.height), interpolation=interp)
+        return fitted
 
     def write(
         self, item: Output | np.ndarray, pts: int | None = None,
@@ -206,21 +195,14 @@ class VideoFileSink(FinalisingSink):
             image = item
         if self._closed:
             raise SinkError(f"video {self.path} is already closed")
-        if pts is None:
-            out_pts = 0 if self._last_pts is None else self._last_pts + self._frame_ticks
-        else:
-            tb_in = Fraction(time_base or self.info.time_base or self.time_base)
-            out_pts = round(pts * tb_in / self.time_base)
-        if self._last_pts is not None and out_pts <= self._last_pts:
-            # One frame after the last, not one tick: a tick can round to a duplicate
-            # timestamp in the container (Matroska keeps milliseconds).
-            out_pts = self._last_pts + self._frame_ticks
+        out_pts = next_pts(self._last_pts, pts, time_base or self.info.time_base or self.time_base,
+                           self.time_base, self._frame_ticks)
         full = self._out_of_room()
         if full is not None:
             # Stop while the encoder's last frames and the index still fit: the file plays.
             self.close()
             raise full
-        frame = self._to_frame(self._fit(image))
+        frame = to_video_frame(self._fit(image), self._stream.codec_context.pix_fmt or "")
         frame.pts = out_pts
         frame.time_base = self.time_base
         try:
@@ -231,17 +213,6 @@ class VideoFileSink(FinalisingSink):
             raise write_failed(self.path, exc) from None
         self._last_pts = out_pts
         self.frames_written += 1
-
-    def _to_frame(self, image: np.ndarray) -> av.VideoFrame:
-        if self._stream.codec_context.pix_fmt == "yuv420p":
-            # OpenCV's BT.601 limited-range conversion is what swscale does by default for an
-            # untagged RGB frame (mean difference 0.2 levels), at a fifth of the time and
-            # without the encoder-side reformat; it was half the codec overhead at 720p.
-            import cv2
-
-            planes: np.ndarray = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
-            return av.VideoFrame.from_ndarray(planes, format="yuv420p")
-        return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
 
     def _mux_video(self, packets: list[Any]) -> None:
         for packet in packets:
@@ -369,3 +340,67 @@ class VideoFileSink(FinalisingSink):
         finally:
             if self._audio_in is not None:
                 self._audio_in.close()
+
+
+def next_pts(last: int | None, pts: int | None, time_base: Fraction, out_base: Fraction,
+             frame_ticks: int) -> int:
+    """The output pts (in ``out_base``) of a frame at ``pts`` in ``time_base``, after one at
+    ``last``: rescaled, or one frame (``frame_ticks``) after the last when it is missing or
+    does not rise.
+
+    Example:
+        >>> next_pts(None, 512, Fraction(1, 12800), Fraction(1, 12800), 512)
+        512
+        >>> next_pts(512, 512, Fraction(1, 12800), Fraction(1, 12800), 512)
+        1024
+    """
+    if pts is None:
+        out = 0 if last is None else last + frame_ticks
+    else:
+        out = round(pts * Fraction(time_base) / out_base)
+    if last is not None and out <= last:
+        # One frame after the last, not one tick: a tick can round to a duplicate
+        # timestamp in the container (Matroska keeps milliseconds).
+        out = last + frame_ticks
+    return out
+
+
+def fit_image(image: np.ndarray, width: int, height: int) -> tuple[np.ndarray, bool]:
+    """``image`` (RGB ``uint8``) at ``width`` x ``height``, and whether it had to be rescaled
+    (an odd size is cropped by one pixel instead). Raises ``ValueError`` for other images.
+
+    Example:
+        >>> fit_image(np.zeros((361, 640, 3), np.uint8), 640, 360)[0].shape
+        (360, 640, 3)
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}"
+        )
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image, False
+    if h - height in (0, 1) and w - width in (0, 1):
+        return image[:height, :width], False  # odd source size, even output size
+    import cv2
+
+    interp = cv2.INTER_AREA if w * h > width * height else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interp), True
+
+
+def to_video_frame(image: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """An RGB image as a PyAV frame for an encoder that takes ``pix_fmt``.
+
+    Example:
+        >>> to_video_frame(np.zeros((360, 640, 3), np.uint8), "yuv420p").format.name
+        'yuv420p'
+    """
+    if pix_fmt == "yuv420p":
+        # OpenCV's BT.601 limited-range conversion is what swscale does by default for an
+        # untagged RGB frame (mean difference 0.2 levels), at a fifth of the time and
+        # without the encoder-side reformat; it was half the codec overhead at 720p.
+        import cv2
+
+        planes: np.ndarray = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+        return av.VideoFrame.from_ndarray(planes, format="yuv420p")
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
