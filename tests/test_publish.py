@@ -56,13 +56,15 @@ def test_published_frames_carry_the_overlay(tmp_path: Path, tiny_single_model: P
     with RtspServer(None, record=got, mount="/out") as server:
         url = f"rtsp://127.0.0.1:{server.port}/out"
         started = time.monotonic()
-        summary = Pipeline(config_for(tiny_single_model, url), str(clip), parser=parser).run()
+        summary = Pipeline(config_for(tiny_single_model, url, "parse.every=5"), str(clip),
+                           parser=parser).run()
         elapsed = time.monotonic() - started
         time.sleep(0.3)  # the server writes what it still holds once the session ends
     assert summary["frames_written"] == 25
     assert elapsed > 0.8  # a file is published at its own pace (1 s), not as fast as it decodes
     local = tmp_path / "local.mkv"
-    Pipeline(config_for(tiny_single_model, str(local)), str(clip), parser=parser).run()
+    Pipeline(config_for(tiny_single_model, str(local), "parse.every=5"), str(clip),
+             parser=parser).run()
     published, written, source = decode(got, "h264"), decode(local), decode(clip)
     # Whatever reached the server decodes; the session's last frames may still be in flight.
     assert 20 <= len(published) <= 25
