@@ -22,12 +22,16 @@ Example:
 from __future__ import annotations
 
 import logging
+from fractions import Fraction
 from types import TracebackType
 from typing import Self
 
-from streamer.core.errors import SinkError
+import numpy as np
 
-__all__ = ["FinalisingSink"]
+from streamer.core.errors import SinkError
+from streamer.core.types import Output
+
+__all__ = ["FinalisingSink", "video_item"]
 
 log = logging.getLogger("streamer.sinks")
 
@@ -51,3 +55,20 @@ class FinalisingSink:
             self.close()
         except SinkError as err:
             log.warning("could not finalise the output: %s", err)
+
+
+def video_item(item: Output | np.ndarray, pts: int | None = None,
+               time_base: Fraction | None = None) -> tuple[np.ndarray, int | None,
+                                                          Fraction | None]:
+    """What a video sink's ``write`` uses: ``(image, pts, time_base)`` of an
+    :class:`~streamer.core.types.Output` (its rendered image, its frame's timing), or of an
+    image given alone with its own ``pts`` and ``time_base``.
+
+    Example:
+        >>> image, pts, tb = video_item(Output(frame, rendered))
+        >>> pts == frame.pts
+        True
+    """
+    if isinstance(item, Output):
+        return item.image, item.frame.pts, item.frame.time_base
+    return item, pts, time_base

@@ -27,7 +27,7 @@ import numpy as np
 
 from streamer.core.errors import SinkError
 from streamer.core.types import Output, VideoInfo
-from streamer.io.sinks.base import FinalisingSink
+from streamer.io.sinks.base import FinalisingSink, video_item
 from streamer.io.sinks.checks import check_publish_url
 from streamer.io.sinks.video import fit_image, next_pts, to_video_frame
 from streamer.io.sources.base import Pacer, describe_av_error, redact_url
@@ -123,10 +123,7 @@ class RtspPublishSink(FinalisingSink):
               time_base: Fraction | None = None) -> None:
         """Encode and send ``item.image`` at its frame's ``pts`` (or an RGB image given alone,
         at ``pts`` in ``time_base``; without one, 1/fps after the last)."""
-        if isinstance(item, Output):
-            image, pts, time_base = item.image, item.frame.pts, item.frame.time_base
-        else:
-            image = item
+        image, pts, time_base = video_item(item, pts, time_base)
         if self._closed:
             raise SinkError(f"the publishing to {redact_url(self.url)} has already ended")
         out_pts = next_pts(self._last_pts, pts, time_base or self.info.time_base

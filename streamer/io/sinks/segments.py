@@ -33,7 +33,7 @@ import numpy as np
 
 from streamer.core.errors import SinkError
 from streamer.core.types import Output, VideoInfo
-from streamer.io.sinks.base import FinalisingSink
+from streamer.io.sinks.base import FinalisingSink, video_item
 from streamer.io.sinks.checks import VIDEO_SUFFIXES
 from streamer.io.sinks.video import VideoFileSink
 
@@ -166,10 +166,7 @@ class SegmentedVideoSink(FinalisingSink):
               time_base: Fraction | None = None) -> None:
         """Write ``item.image`` at its frame's ``pts`` (or an RGB image given alone, at ``pts``
         in ``time_base``); starts a new segment once ``segment_seconds`` have passed."""
-        if isinstance(item, Output):
-            image, pts, time_base = item.image, item.frame.pts, item.frame.time_base
-        else:
-            image = item
+        image, pts, time_base = video_item(item, pts, time_base)
         if self._closed:
             raise SinkError(f"segments in {self.folder} are already closed")
         now = self._stream_time(pts, time_base)

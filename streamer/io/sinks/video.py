@@ -15,7 +15,7 @@ import numpy as np
 
 from streamer.core.errors import SinkError
 from streamer.core.types import Output, VideoInfo
-from streamer.io.sinks.base import FinalisingSink
+from streamer.io.sinks.base import FinalisingSink, video_item
 from streamer.io.sinks.checks import (
     VIDEO_SUFFIXES,
     check_output_path,
@@ -189,10 +189,7 @@ class VideoFileSink(FinalisingSink):
 
         Raises :class:`SinkError` if the file cannot be written (the partial file is closed).
         """
-        if isinstance(item, Output):
-            image, pts, time_base = item.image, item.frame.pts, item.frame.time_base
-        else:
-            image = item
+        image, pts, time_base = video_item(item, pts, time_base)
         if self._closed:
             raise SinkError(f"video {self.path} is already closed")
         out_pts = next_pts(self._last_pts, pts, time_base or self.info.time_base or self.time_base,
