@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
         factory.set_launch(
             f'( rtph264depay name=depay0 ! video/x-h264,stream-format=byte-stream,alignment=au '
-            f'! filesink location="{_quoted(args.record)}" )'
+            f'! filesink buffer-mode=unbuffered location="{_quoted(args.record)}" )'
         )
     else:
         factory.set_launch(

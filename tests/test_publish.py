@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -102,6 +103,36 @@ def test_the_cli_fails_in_one_line_when_the_server_goes_away(tmp_path: Path,
     assert 10 <= len(lines) < 150
     assert all(json.loads(line)["index"] == n for n, line in enumerate(lines))
     assert len(list(labels.glob("*.png"))) >= len(lines)
+
+
+@needs_server
+def test_a_live_run_reconnects_to_a_restarted_server(tmp_path: Path,
+                                                     tiny_single_model: Path) -> None:
+    clip = make_clip(tmp_path / "in.mp4", frames=50, size=(160, 120), fps=25)
+    parser = HumanParser(ParserOptions(model=str(tiny_single_model), engine="torch"))
+    first, second = tmp_path / "first.h264", tmp_path / "second.h264"
+    with RtspServer(clip, loop=True) as camera, \
+            RtspServer(None, record=first, mount="/out") as server:
+        url = f"rtsp://127.0.0.1:{server.port}/out"
+        config = config_for(tiny_single_model, url, "parse.every=5", "source.max_frames=150")
+        pipeline = Pipeline(config, camera.url, parser=parser)
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(pipeline.run()))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while pipeline.metrics.frames_written < 30 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        server.kill()  # the server vanishes mid-run and comes back on the same port
+        time.sleep(0.5)
+        server.record = second
+        server.start()
+        runner.join(timeout=60)
+        time.sleep(0.3)
+    assert not runner.is_alive() and result["frames_written"] == 150
+    before, after = decode(first, "h264"), decode(second, "h264")
+    assert len(before) >= 20, len(before)
+    # A new session from a new keyframe: every frame after the reconnect decodes.
+    assert 20 <= len(after) < 120, len(after)
 
 
 def test_a_server_that_is_not_there_is_one_line(tmp_path: Path) -> None:

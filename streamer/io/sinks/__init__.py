@@ -48,6 +48,7 @@ from streamer.io.sinks.window import WindowSink
 from streamer.io.sources.base import redact_url
 
 __all__ = [
+    "PUBLISH_RECONNECT_S",
     "PUBLISH_SCHEMES",
     "VIDEO_SUFFIXES",
     "FinalisingSink",
@@ -73,6 +74,9 @@ log = logging.getLogger("streamer.sinks")
 #: manager that finalises on exit.
 VideoSink = VideoFileSink | SegmentedVideoSink | RtspPublishSink
 
+#: How long a live run's RTSP publish keeps trying to reach a server that went away.
+PUBLISH_RECONNECT_S = 30.0
+
 
 def open_video_sink(path: str | os.PathLike[str], info: VideoInfo, *,
                     audio_from: str | os.PathLike[str] | None = None, codec: str = "libx264",
@@ -80,7 +84,8 @@ def open_video_sink(path: str | os.PathLike[str], info: VideoInfo, *,
                     keep_segments: int = 0, max_disk_mb: float = 0.0) -> VideoSink:
     """The video output that ``path`` names, opened (the caller enters it in a ``with``).
 
-    * ``rtsp://HOST:PORT/PATH``: :class:`RtspPublishSink`, publishing to that server. The
+    * ``rtsp://HOST:PORT/PATH``: :class:`RtspPublishSink`, publishing to that server; from a
+      live source it reconnects for up to ``PUBLISH_RECONNECT_S`` seconds. The
       audio is not published (``audio_from`` is ignored with a warning); segments do not
       apply to a stream (``segment_seconds`` is a :class:`ConfigError`).
     * with ``segment_seconds``: :class:`SegmentedVideoSink`, rotating files in ``path``
@@ -103,7 +108,8 @@ def open_video_sink(path: str | os.PathLike[str], info: VideoInfo, *,
                               "publishing to rtsp://, or record to a file")
         if audio_from is not None:
             log.warning("the audio is not published to %s (video only)", redact_url(url))
-        return RtspPublishSink(url, info, codec=codec, crf=crf, preset=preset)
+        return RtspPublishSink(url, info, codec=codec, crf=crf, preset=preset,
+                               reconnect_s=PUBLISH_RECONNECT_S if info.is_live else 0.0)
     if segment_seconds:
         folder = Path(path)
         return SegmentedVideoSink(folder.with_suffix(""), info,
