@@ -1,4 +1,5 @@
-"""Outputs: an H.264 video file (with the source's audio), a window, label maps, JSON lines.
+"""Outputs: an H.264 video file (with the source's audio), rotating segments, an RTSP publish,
+a window, label maps, JSON lines; :func:`open_video_sink` picks the video one from the path.
 
 Every sink is a context manager that finalises its output on exit, also when an exception
 ends the ``with`` block, so a crash still leaves a playable video and complete JSON lines.
@@ -9,8 +10,8 @@ Problems the user can fix (a missing folder, a full disk, no GUI) are :class:`Si
 with one line of text; call :func:`check_output_path` before any work so they show up early.
 
 One module per kind: :mod:`~streamer.io.sinks.video`, :mod:`~streamer.io.sinks.segments`,
-:mod:`~streamer.io.sinks.window`, :mod:`~streamer.io.sinks.labels`,
-:mod:`~streamer.io.sinks.stats`; the contract they share in :mod:`~streamer.io.sinks.base` and
+:mod:`~streamer.io.sinks.publish`, :mod:`~streamer.io.sinks.window`,
+:mod:`~streamer.io.sinks.labels`, :mod:`~streamer.io.sinks.stats`; the contract they share in :mod:`~streamer.io.sinks.base` and
 the checks in :mod:`~streamer.io.sinks.checks`; every name is importable from here.
 
 Example:
