@@ -11,8 +11,9 @@ with one line of text; call :func:`check_output_path` before any work so they sh
 
 One module per kind: :mod:`~streamer.io.sinks.video`, :mod:`~streamer.io.sinks.segments`,
 :mod:`~streamer.io.sinks.publish`, :mod:`~streamer.io.sinks.window`,
-:mod:`~streamer.io.sinks.labels`, :mod:`~streamer.io.sinks.stats`; the contract they share in :mod:`~streamer.io.sinks.base` and
-the checks in :mod:`~streamer.io.sinks.checks`; every name is importable from here.
+:mod:`~streamer.io.sinks.labels`, :mod:`~streamer.io.sinks.stats`; the contract they share in
+:mod:`~streamer.io.sinks.base` and the checks in :mod:`~streamer.io.sinks.checks`; every name
+is importable from here.
 
 Example:
     >>> check_output_path("out/parsed.mp4")
