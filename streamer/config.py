@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from streamer.core.errors import ConfigError
+from streamer.io.sinks import check_publish_url, url_scheme
 from streamer.io.sources import SourceOptions
 from streamer.parsing.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.parsing.parser import ParserOptions
@@ -89,6 +90,14 @@ class OutputConfig:
     segment_seconds: float = 0.0
     keep_segments: int = 0
     max_disk_mb: float = 0.0
+
+    def __post_init__(self) -> None:
+        # path may be rtsp://HOST:PORT/PATH: the video is published there (no folder to check).
+        if self.path and url_scheme(self.path) is not None:
+            check_publish_url(self.path)
+            if self.segment_seconds:
+                raise ConfigError("output.segment_seconds does not apply to an rtsp:// output",
+                                  hint="leave segment_seconds at 0, or record to a file")
 
 
 @dataclass

@@ -28,7 +28,6 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,7 +37,14 @@ from streamer.core.errors import ConfigError, SourceError
 from streamer.core.metrics import RunMetrics
 from streamer.core.types import Frame, Output, ParseResult, Person, VideoInfo, unparseable_size
 from streamer.io.buffers import BufferPolicy, DropOldestBuffer, FrameBuffer, make_buffer
-from streamer.io.sinks import JsonlStatsSink, LabelMapSink, VideoFileSink, WindowSink
+from streamer.io.sinks import (
+    JsonlStatsSink,
+    LabelMapSink,
+    VideoFileSink,
+    VideoSink,
+    WindowSink,
+    open_video_sink,
+)
 from streamer.io.sources import ImageSource, Source, open_source
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import PersonFinder
@@ -47,7 +53,6 @@ from streamer.vision.reuse import CropMemory
 from streamer.vision.temporal import Carrier
 
 if TYPE_CHECKING:
-    from streamer.io.segments import SegmentedVideoSink
     from streamer.parsing.scheduler import ParseScheduler
 
 log = logging.getLogger("streamer.pipeline")
@@ -570,34 +575,28 @@ class Pipeline:
         return summary
 
     def _open_sinks(self, stack: contextlib.ExitStack, info: VideoInfo) -> tuple[
-            VideoFileSink | SegmentedVideoSink | None, WindowSink | None, LabelMapSink | None,
-            JsonlStatsSink | None]:
-        """The configured sinks (video or segments, window, label maps, stats), opened in
-        ``stack``; ``None`` for each one not asked for."""
+            VideoSink | None, WindowSink | None, LabelMapSink | None, JsonlStatsSink | None]:
+        """The configured sinks (a video file, segments or an RTSP publish; window, label
+        maps, stats), opened in ``stack``; ``None`` for each one not asked for."""
         cfg = self.config.output
-        video: VideoFileSink | SegmentedVideoSink | None = None
-        if cfg.path and cfg.segment_seconds:
-            from streamer.io.segments import SegmentedVideoSink
-
-            path = Path(cfg.path)
-            video = stack.enter_context(SegmentedVideoSink(
-                path.with_suffix(""), info, segment_seconds=cfg.segment_seconds,
-                keep_segments=cfg.keep_segments, max_disk_mb=cfg.max_disk_mb,
-                suffix=path.suffix or ".mkv", codec=cfg.codec, crf=cfg.crf,
-                preset=cfg.preset))
-        elif cfg.path:
+        video: VideoSink | None = None
+        if cfg.path:
             # From a start time the video begins at 0 and the audio, copied
             # from the source's beginning, would not match it.
             audio = (str(self.uri) if info.has_audio and not info.is_live
-                     and not self.config.source.start else None)
-            if info.has_audio and self.config.source.start:
+                     and not self.config.source.start and not cfg.segment_seconds else None)
+            if info.has_audio and self.config.source.start and not cfg.segment_seconds:
                 log.warning("the audio is not copied when starting at %g s",
                             self.config.source.start)
-            video = self._video = stack.enter_context(VideoFileSink(
+            video = open_video_sink(
                 cfg.path, info, audio_from=audio, codec=cfg.codec, crf=cfg.crf,
-                preset=cfg.preset))
-            if self._hurry:
-                video.hurry()
+                preset=cfg.preset, segment_seconds=cfg.segment_seconds,
+                keep_segments=cfg.keep_segments, max_disk_mb=cfg.max_disk_mb)
+            stack.enter_context(video)
+            if isinstance(video, VideoFileSink):
+                self._video = video
+                if self._hurry:
+                    video.hurry()
         window = stack.enter_context(WindowSink(f"streamer: {self.uri}")) if cfg.show else None
         labels = stack.enter_context(
             LabelMapSink(cfg.labels_dir, fmt=cfg.labels_format,

@@ -262,7 +262,8 @@ def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> 
 
 
 class RtspServer:
-    """A real GStreamer RTSP server serving one H.264 MP4 on 127.0.0.1, as a context manager.
+    """A real GStreamer RTSP server serving one H.264 MP4 on 127.0.0.1, as a context manager
+    (or, with ``record=FILE`` and no clip, receiving a published stream into FILE).
 
     The port is chosen by the server (bound to port 0) on the first start; :meth:`restart`
     reuses it, so a client can reconnect to the same URL.
@@ -276,8 +277,9 @@ class RtspServer:
 
     def __init__(
         self,
-        clip: Path | str,
+        clip: Path | str | None,
         *,
+        record: Path | str | None = None,
         loop: bool = True,
         port: int = 0,
         mount: str = "/stream",
@@ -285,7 +287,9 @@ class RtspServer:
         address: str = "127.0.0.1",
         prefix: list[str] | None = None,
     ) -> None:
-        self.clip = Path(clip)
+        # ``record``: no clip; clients publish to the server, which writes their H.264 there.
+        self.clip = Path(clip) if clip is not None else None
+        self.record = Path(record) if record is not None else None
         self.loop = loop
         self.port = port
         self.mount = mount
@@ -310,7 +314,8 @@ class RtspServer:
         """Start the server and return once its port accepts connections."""
         if self.running:
             return self
-        cmd = [*self.prefix, SYSTEM_PYTHON, str(SERVER_SCRIPT), str(self.clip),
+        what = [str(self.clip)] if self.record is None else ["--record", str(self.record)]
+        cmd = [*self.prefix, SYSTEM_PYTHON, str(SERVER_SCRIPT), *what,
                "--port", str(self.port), "--address", self.address]
         cmd += ["--mount", self.mount] + (["--loop"] if self.loop else [])
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}

@@ -1,9 +1,14 @@
 #!/usr/bin/python3
-"""A tiny RTSP server for tests: serves one H.264 MP4 as-is on 127.0.0.1.
+"""A tiny RTSP server for tests: serves one H.264 MP4 as-is on 127.0.0.1, or receives one.
 
 Run it with Debian's Python (``gi`` imports only there), not the project's venv::
 
     /usr/bin/python3 tests/rtsp_server.py clip.mp4 --port 0 --loop
+    /usr/bin/python3 tests/rtsp_server.py --record got.h264 --mount /out --port 0
+
+``--record FILE`` turns it into a server that clients publish to (ANNOUNCE/RECORD, RTP over
+TCP): the H.264 it receives is depayloaded and written to FILE as an Annex B byte stream
+(``av.open(FILE, format="h264")`` reads it), one file for the server's life.
 
 It prints ``PORT <n>`` on stdout once listening (``--port 0`` lets the kernel choose; pass the
 same port again to restart on it). ``--loop`` plays the file forever by seeking back to the
@@ -25,8 +30,9 @@ import time
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 
 def _quit(*_args: object) -> bool:
@@ -72,16 +78,23 @@ def _make_looping(media: GstRtspServer.RTSPMedia) -> None:
     media.connect("prepared", on_prepared)
 
 
+def _quoted(path: str) -> str:
+    """``path`` escaped for a double-quoted property in a launch line."""
+    return path.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("clip", help="an H.264 MP4 file to serve as-is")
+    parser.add_argument("clip", nargs="?", help="an H.264 MP4 file to serve as-is")
     parser.add_argument("--port", type=int, default=0, help="0 = any free port")
     parser.add_argument("--address", default="127.0.0.1", help="address to listen on (tests "
                         "use 127.0.0.1, or an address inside a network namespace they made)")
     parser.add_argument("--mount", default="/stream", help="path part of the URL")
     parser.add_argument("--loop", action="store_true", help="play the file forever")
+    parser.add_argument("--record", metavar="FILE", help="receive a published stream "
+                        "(ANNOUNCE/RECORD) and write its H.264 to FILE instead of serving")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.clip):
+    if args.record is None and (args.clip is None or not os.path.isfile(args.clip)):
         print(f"rtsp_server: no such file: {args.clip}", file=sys.stderr)
         return 2
 
@@ -90,13 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     server.set_address(args.address)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    location = args.clip.replace("\\", "\\\\").replace('"', '\\"')
-    factory.set_launch(
-        f'( filesrc location="{location}" ! qtdemux name=demux '
-        "demux.video_0 ! queue ! rtph264pay name=pay0 pt=96 config-interval=1 )"
-    )
-    factory.set_shared(True)
-    if args.loop:
+    if args.record is not None:
+        factory.set_transport_mode(GstRtspServer.RTSPTransportMode.RECORD)
+        factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
+        factory.set_launch(
+            f'( rtph264depay name=depay0 ! video/x-h264,stream-format=byte-stream,alignment=au '
+            f'! filesink buffer-mode=unbuffered location="{_quoted(args.record)}" )'
+        )
+    else:
+        factory.set_launch(
+            f'( filesrc location="{_quoted(args.clip)}" ! qtdemux name=demux '
+            "demux.video_0 ! queue ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        )
+        factory.set_shared(True)
+    if args.loop and args.record is None:
         factory.connect("media-configure", lambda _f, media: _make_looping(media))
     server.get_mount_points().add_factory(args.mount, factory)
     if server.attach(None) == 0:
