@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import sys
 from collections.abc import Iterable, Sequence
@@ -42,8 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from streamer.apps.common import yaml_quote
-from streamer.core.errors import ConfigError, SourceError, StreamerError
+from streamer.apps.common import (
+    add_config_options,
+    add_engine_option,
+    add_log_level,
+    add_model_option,
+    run_command,
+    yaml_quote,
+)
+from streamer.core.errors import ConfigError, SourceError
 from streamer.core.labels import IMAGE_SUFFIXES
 
 __all__ = [
@@ -342,22 +348,19 @@ def build_parser() -> argparse.ArgumentParser:
         "255 ignored): per-class IoU, mIoU and pixel accuracy.")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--labels", required=True, help="folder of ground-truth label PNGs")
-    p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
-                   help="inference engine (parser.engine)")
+    add_model_option(p)
+    add_engine_option(p)
     p.add_argument("--detector", choices=DETECTOR_TYPES,
                    help="single-person model: how people are found (detector.type, default "
                    "auto; full: the whole image is one person); the multi-person model always "
                    "parses the whole image")
     p.add_argument("--threads", type=int, help="inference threads (parser.threads)")
-    p.add_argument("--config", help="YAML config file (parser and detector sections are used)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. parser.batch_size=1")
+    add_config_options(p, "YAML config file (parser and detector sections are used)",
+                       "override a config key, e.g. parser.batch_size=1")
     p.add_argument("--json", help="also write the scores as JSON to this file")
     p.add_argument("--labels-out", help="also write each predicted label map to this folder, "
                    "named after its image (photo.jpg -> photo.png), as scored")
-    p.add_argument("--log-level", default="WARNING",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default WARNING")
+    add_log_level(p)
     return p
 
 
@@ -440,19 +443,11 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py eval ...``; returns the exit code (0 ok, 1 bad data, 2 usage)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or argparse's own usage error
-        return int(exc.code or 0)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        scores, settings = run(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StreamerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv, _run_and_print)
+
+
+def _run_and_print(args: argparse.Namespace) -> int:
+    scores, settings = run(args)
     print(format_table(scores))
     if args.json:
         data = {**settings, **scores.to_dict()}
