@@ -20,10 +20,8 @@ from streamer.apps.common import (
     EXIT_OK,
     EXIT_USAGE,
     SignalStop,
-    add_config_options,
-    add_engine_option,
     add_log_level,
-    add_model_option,
+    add_model_options,
     run_command,
     yaml_quote,
 )
@@ -54,8 +52,6 @@ section.key=value; see configs/default.yaml for all of them.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.vision.detect import DETECTOR_TYPES
-
     p = argparse.ArgumentParser(
         prog="run_stream.py",
         description="Parse people (hair, face, clothes, limbs...) in video on a CPU with M2FP "
@@ -69,14 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "image (.png/.jpg)")
     p.add_argument("--show", action="store_true", help="show the annotated stream in a window "
                    "(q/Esc quits, space pauses; needs opencv-python with GUI)")
-    add_model_option(p)
-    add_config_options(p, "YAML config file (see configs/)",
-                       "override any config key, e.g. parser.engine=torch")
-    add_engine_option(p)
-    p.add_argument("--detector", choices=DETECTOR_TYPES,
-                   help="person detector (detector.type, default auto: the trained ones, "
-                   "fetched once; see `run_stream.py fetch detectors`); full parses whole "
-                   "frames")
+    add_model_options(
+        p, config_help="YAML config file (see configs/)",
+        set_help="override any config key, e.g. parser.engine=torch",
+        detector_help="person detector (detector.type, default auto: the trained ones, fetched "
+        "once; see `run_stream.py fetch detectors`); full parses whole frames")
     p.add_argument("--threads", type=int, help="threads for inference (parser.threads; "
                    "0 = all cores)")
     p.add_argument("--parse-every", type=int, metavar="N",

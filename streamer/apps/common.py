@@ -37,10 +37,8 @@ __all__ = [
     "SIGNALS",
     "ErrorExit",
     "SignalStop",
-    "add_config_options",
-    "add_engine_option",
     "add_log_level",
-    "add_model_option",
+    "add_model_options",
     "run_command",
     "yaml_quote",
 ]
@@ -207,23 +205,30 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     return errors.code
 
 
-def add_model_option(parser: argparse.ArgumentParser) -> None:
-    """``--model`` (``parser.model``)."""
+def add_model_options(parser: argparse.ArgumentParser, *, config_help: str, set_help: str,
+                      engine: bool = True, detector_help: str | None = None) -> None:
+    """The options of the commands that run the model: ``--model`` (``parser.model``),
+    ``--engine`` (``parser.engine``; unless ``engine`` is False), ``--config FILE``, the
+    repeatable ``--set KEY=VALUE`` (into ``args.overrides``) and, given its help text,
+    ``--detector`` (``detector.type``).
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="demo")
+        >>> add_model_options(p, config_help="YAML config", set_help="override a key")
+        >>> p.parse_args(["--engine", "torch", "--set", "parse.every=2"]).overrides
+        ['parse.every=2']
+    """
     parser.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-
-
-def add_engine_option(parser: argparse.ArgumentParser) -> None:
-    """``--engine`` (``parser.engine``)."""
-    parser.add_argument("--engine", choices=ENGINE_CHOICES,
-                        help="inference engine (parser.engine)")
-
-
-def add_config_options(parser: argparse.ArgumentParser, config_help: str,
-                       set_help: str) -> None:
-    """``--config FILE`` and the repeatable ``--set KEY=VALUE`` (into ``args.overrides``)."""
+    if engine:
+        parser.add_argument("--engine", choices=ENGINE_CHOICES,
+                            help="inference engine (parser.engine)")
     parser.add_argument("--config", help=config_help)
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help=set_help)
+    if detector_help is not None:
+        from streamer.vision.detect import DETECTOR_TYPES
+
+        parser.add_argument("--detector", choices=DETECTOR_TYPES, help=detector_help)
 
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:

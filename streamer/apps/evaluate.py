@@ -41,14 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.apps.common import (
-    add_config_options,
-    add_engine_option,
-    add_log_level,
-    add_model_option,
-    run_command,
-    yaml_quote,
-)
+from streamer.apps.common import add_log_level, add_model_options, run_command, yaml_quote
 from streamer.core.errors import ConfigError, SourceError
 from streamer.core.labels import IMAGE_SUFFIXES
 
@@ -339,8 +332,6 @@ def format_table(scores: Scores) -> str:
 
 # ------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.vision.detect import DETECTOR_TYPES
-
     p = argparse.ArgumentParser(
         prog="run_stream.py eval",
         description="Parse every image in --images and score it against the label map of the "
@@ -348,15 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         "255 ignored): per-class IoU, mIoU and pixel accuracy.")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--labels", required=True, help="folder of ground-truth label PNGs")
-    add_model_option(p)
-    add_engine_option(p)
-    p.add_argument("--detector", choices=DETECTOR_TYPES,
-                   help="single-person model: how people are found (detector.type, default "
-                   "auto; full: the whole image is one person); the multi-person model always "
-                   "parses the whole image")
+    add_model_options(
+        p, config_help="YAML config file (parser and detector sections are used)",
+        set_help="override a config key, e.g. parser.batch_size=1",
+        detector_help="single-person model: how people are found (detector.type, default "
+        "auto; full: the whole image is one person); the multi-person model always parses "
+        "the whole image")
     p.add_argument("--threads", type=int, help="inference threads (parser.threads)")
-    add_config_options(p, "YAML config file (parser and detector sections are used)",
-                       "override a config key, e.g. parser.batch_size=1")
     p.add_argument("--json", help="also write the scores as JSON to this file")
     p.add_argument("--labels-out", help="also write each predicted label map to this folder, "
                    "named after its image (photo.jpg -> photo.png), as scored")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import cv2
 import numpy as np
 
-from streamer.core.errors import ConfigError
+from streamer.core.checks import check_choice
 from streamer.core.types import Box, ParseResult
 from streamer.vision.propagate import Motion, clip_box
 
@@ -86,9 +86,7 @@ class FlowPropagator:
 
     def __init__(self, preset: str = "ultrafast", size: int = 256, margin: float = 0.1,
                  scene_cut: float = 0.2, finest_scale: int | None = 1) -> None:
-        if preset not in FLOW_PRESETS:
-            raise ConfigError(f"flow preset must be one of {', '.join(FLOW_PRESETS)}, "
-                              f"not {preset!r}")
+        check_choice("flow preset", preset, FLOW_PRESETS)
         self.preset = preset
         self.size = int(size)
         self.margin = float(margin)

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.core.checks import check_choice
 from streamer.core.errors import ConfigError
 from streamer.core.types import ParseResult, whole_pixels
 from streamer.vision.flow import FLOW_PRESETS, FlowPropagator, is_scene_cut
@@ -137,12 +138,8 @@ class Carrier:
                  stability_depth: int = 3, *, flow_preset: str = "ultrafast",
                  flow_size: int = 256, scene_cut: float = 0.2,
                  flow_finest_scale: int | None = 1, chain: bool = False) -> None:
-        if propagate not in PROPAGATE_METHODS:
-            raise ConfigError(f"render.propagate must be one of {', '.join(PROPAGATE_METHODS)}, "
-                              f"not {propagate!r}")
-        if stability not in STABILITY_MODES:
-            raise ConfigError(f"render.stability must be one of {', '.join(STABILITY_MODES)}, "
-                              f"not {stability!r}")
+        check_choice("render.propagate", propagate, PROPAGATE_METHODS)
+        check_choice("render.stability", stability, STABILITY_MODES)
         if int(stability_depth) < 2:
             raise ConfigError(f"render.stability_depth must be at least 2, not {stability_depth}")
         self.propagate = propagate
