@@ -22,6 +22,7 @@ from streamer.apps.common import (
     SignalStop,
     add_log_level,
     add_model_options,
+    model_overrides,
     run_command,
     yaml_quote,
 )
@@ -93,13 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.overrides)
+    out = model_overrides(args)
     simple = {
-        "source.uri": args.source, "output.path": args.output, "parser.model": args.model,
-        "parser.engine": args.engine, "detector.type": args.detector,
-        "parser.threads": args.threads, "parse.every": args.parse_every,
-        "output.metrics": args.metrics, "output.labels_dir": args.labels_out,
-        "output.stats_jsonl": args.stats_jsonl,
+        "source.uri": args.source, "output.path": args.output, "parser.threads": args.threads,
+        "parse.every": args.parse_every, "output.metrics": args.metrics,
+        "output.labels_dir": args.labels_out, "output.stats_jsonl": args.stats_jsonl,
         "source.max_frames": args.max_frames, "source.start": args.start,
     }
     for key, value in simple.items():

@@ -39,6 +39,7 @@ __all__ = [
     "SignalStop",
     "add_log_level",
     "add_model_options",
+    "model_overrides",
     "run_command",
     "yaml_quote",
 ]
@@ -229,6 +230,24 @@ def add_model_options(parser: argparse.ArgumentParser, *, config_help: str, set_
         from streamer.vision.detect import DETECTOR_TYPES
 
         parser.add_argument("--detector", choices=DETECTOR_TYPES, help=detector_help)
+
+
+def model_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides of ``args``, then those of the :func:`add_model_options` options
+    given (``--model``, ``--engine``, ``--detector``), as ``section.key=value`` lines.
+
+    Example:
+        >>> model_overrides(argparse.Namespace(overrides=["parse.every=2"], model="m/x",
+        ...                                    engine=None))
+        ['parse.every=2', "parser.model='m/x'"]
+    """
+    out = list(args.overrides)
+    for key, option in (("parser.model", "model"), ("parser.engine", "engine"),
+                        ("detector.type", "detector")):
+        value = getattr(args, option, None)
+        if value is not None:
+            out.append(f"{key}={yaml_quote(value)}")
+    return out
 
 
 def add_log_level(parser: argparse.ArgumentParser) -> None:

@@ -35,13 +35,13 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamer.apps.common import add_log_level, add_model_options, run_command, yaml_quote
+from streamer.apps.common import add_log_level, add_model_options, model_overrides, run_command
 from streamer.core.errors import ConfigError, SourceError
 from streamer.core.labels import IMAGE_SUFFIXES
 
@@ -395,11 +395,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
                                   hint="choose another --labels-out folder")
         check_not_input(labels_out, inputs, "--labels-out")
         prepare_labels_dir(labels_out)
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"parser.model={yaml_quote(args.model)}")
-    if args.engine:
-        overrides.append(f"parser.engine={args.engine}")
+    overrides = model_overrides(args)
     if args.threads is not None:
         overrides.append(f"parser.threads={args.threads}")
     config = load_config(args.config, overrides)
@@ -410,7 +406,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
     from streamer.parsing.photo import photo_detector
 
     parser = HumanParser(config.parser)
-    options = replace(config.detector, type=args.detector) if args.detector else config.detector
+    options = config.detector
     detector = photo_detector(parser, options)
     total = Confusion(len(parser.classes))
     per_image: list[ImageScore] = []
