@@ -27,15 +27,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from streamer.config import Config
 from streamer.core.errors import ConfigError, SourceError
+from streamer.core.estimate import Estimate
 from streamer.core.metrics import RunMetrics
-from streamer.core.types import Frame, Output, ParseResult, Person, VideoInfo, unparseable_size
+from streamer.core.types import Frame, Output, ParseResult, VideoInfo, unparseable_size
 from streamer.io.buffers import BufferPolicy, DropOldestBuffer, FrameBuffer, make_buffer
 from streamer.io.sinks import (
     JsonlStatsSink,
@@ -46,6 +44,7 @@ from streamer.io.sinks import (
     open_video_sink,
 )
 from streamer.io.sources import ImageSource, Source, open_source
+from streamer.parsing.frames import Parsed, find_people, parse_detected
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import PersonFinder
 from streamer.vision.render import Renderer
@@ -58,67 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("streamer.pipeline")
 
 POLL_S = 0.2
-
-
-@dataclass
-class Parsed:
-    """A frame on its way out, with the parse result to draw (``fresh``: parsed on it).
-
-    ``velocities`` holds each tracked person's box motion in pixels per frame (x0, y0, x1, y1)
-    at the time of the parse, so that a later frame can move the overlay along.
-    """
-
-    frame: Frame
-    result: ParseResult | None
-    fresh: bool
-    velocities: dict[int, np.ndarray] = field(default_factory=dict)
-    # Capture time of the frame ``result`` was parsed on (for the overlay's age when shown).
-    parse_capture: float | None = None
-
-
-@dataclass
-class Detected:
-    """A frame with the people found in it (``None``: parse the whole frame)."""
-
-    frame: Frame
-    persons: list[Person] | None
-    velocities: dict[int, np.ndarray]
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds < 90:
-        return f"{seconds} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-class _Estimate:
-    """Times the first output frames and words one estimate for the rest (``tick`` per frame).
-
-    The first frame is not counted (it fills the pipeline); the estimate is made after
-    ``2 * every + 1`` more frames (so reused frames do not make it look fast), or 10 s.
-    """
-
-    def __init__(self, every: int = 1) -> None:
-        self.need = max(3, 2 * every + 1)
-        self.first: float | None = None
-        self.count = 0
-
-    def tick(self, total: int | None) -> str | None:
-        now = time.monotonic()
-        self.count += 1
-        if self.first is None:
-            self.first = now
-            return None
-        timed = self.count - 1
-        if total is None or total <= self.count or (
-                timed < self.need and now - self.first < 10.0):
-            return None
-        per = (now - self.first) / timed
-        return (f"estimate: {total} frames at {per:.2f} s each, about "
-                f"{_duration(per * (total - self.count))} to go (timed on {timed} frames; "
-                "--max-frames N tries fewer)")
 
 
 class Pipeline:
@@ -272,33 +210,17 @@ class Pipeline:
     def _whole_frame(self) -> bool:
         return self.config.detector.type == "full" or not self.parser.single_person
 
-    def _find(self, finder: PersonFinder, frame: Frame) -> Detected:
-        """The people in one frame, with their tracked box motion (timed as ``detect``)."""
-        if self._whole_frame() or unparseable_size(frame.height, frame.width) is not None:
-            return Detected(frame, None, {})
-        started = time.perf_counter()
-        persons = finder.find(frame.image, frame.index)
-        self.metrics.add_stage("detect", time.perf_counter() - started)
-        velocities = {t.id: t.velocity.copy() for t in finder.tracker.tracks if t.missed == 0}
-        return Detected(frame, persons, velocities)
-
-    def _parse(self, detected: Detected, memory: CropMemory) -> ParseResult:
-        started = time.perf_counter()
-        memory.tick()
-        result = self.parser.parse(detected.frame.image, detected.persons, memory=memory)
-        self.metrics.add_stage("parse", time.perf_counter() - started)
-        self.metrics.frames_parsed += 1
-        self.metrics.crops_reused = memory.reused
-        self.metrics.crops_parsed = memory.parsed
-        return result
+    def _finder(self, finder: PersonFinder | None) -> PersonFinder | None:
+        """``finder``, or None where the parser takes whole frames (nobody to look for)."""
+        return None if self._whole_frame() else finder
 
     def _detect(self, inbox: FrameBuffer, outbox: FrameBuffer) -> None:
         """Files: detects frame t+1 while the parser thread works on frame t."""
-        finder = PersonFinder(self.config.detector)
         error: BaseException | None = None
-        try:
+        try:  # _finder may load the parser: its error goes down the line like any other
+            finder = self._finder(PersonFinder(self.config.detector))
             while (frame := inbox.get()) is not None:
-                if not outbox.put(self._find(finder, frame)):
+                if not outbox.put(find_people(finder, frame, self.metrics)):
                     break
         except BaseException as exc:  # handed down the line, raised by the consumer
             error = exc
@@ -312,18 +234,18 @@ class Pipeline:
 
         Results go to ``outbox``; with none (live: the consumer takes ``latest()``), an error
         goes to ``errors``, whose consumer raises it."""
-        finder = PersonFinder(self.config.detector) if detect else None
         memory = CropMemory(self.config.parse.reuse_threshold)
         error: BaseException | None = None
         last: ParseResult | None = None
         last_capture: float | None = None
         seen = 0
         try:
+            finder = self._finder(PersonFinder(self.config.detector)) if detect else None
             while True:
                 got = inbox.get()
                 if got is None:
                     break
-                detected = self._find(finder, got) if finder is not None else got
+                detected = find_people(finder, got, self.metrics) if detect else got
                 if self._unparseable(detected.frame):
                     if outbox is not None and not outbox.put(Parsed(detected.frame, None, False)):
                         break
@@ -337,7 +259,7 @@ class Pipeline:
                     seen = 0
                 seen += 1
                 if parse_now:
-                    last = self._parse(detected, memory)
+                    last = parse_detected(self.parser, detected, memory, self.metrics)
                     last_capture = detected.frame.capture_time
                 item = Parsed(detected.frame, last, parse_now, parse_capture=last_capture)
                 if parse_now and detected.persons:
@@ -497,9 +419,8 @@ class Pipeline:
         memory = CropMemory(cfg.parse.reuse_threshold)
 
         def parse_newest(frame: Frame) -> None:
-            detected = (self._find(finder, frame) if finder is not None
-                        else Detected(frame, None, {}))
-            item = Parsed(frame, self._parse(detected, memory), True,
+            detected = find_people(finder, frame, self.metrics)
+            item = Parsed(frame, parse_detected(self.parser, detected, memory, self.metrics), True,
                           detected.velocities if detected.persons else {},
                           parse_capture=frame.capture_time)
             with self._latest_lock:
@@ -521,7 +442,7 @@ class Pipeline:
         cfg = self.config.output
         renderer = Renderer(self.config.render)
         progress = None
-        estimate = _Estimate(self.config.parse.every) if on_estimate is not None else None
+        estimate = Estimate(self.config.parse.every) if on_estimate is not None else None
         source = self._open()
         items = self._items_of(source)
         with contextlib.ExitStack() as stack:

@@ -157,3 +157,38 @@ def test_rtsp_source_runs_live(tmp_path, tiny_single_model):
     assert summary["frames_written"] > 50
     assert summary["frames_parsed"] < summary["frames_written"]  # latest: parse the newest
     assert frame_count(out) == summary["frames_written"]
+
+
+def test_run_command_maps_errors_to_one_line_and_exit_codes(capsys):
+    # The shape every command's main shares (apps.common.run_command): argparse's codes, one
+    # "error:" line and 2 for a ConfigError, 1 (or the signal's code) for other user errors.
+    import argparse
+
+    from streamer.apps.common import ENGINE_CHOICES, SignalStop, add_log_level, run_command
+    from streamer.core.errors import ConfigError, SinkError
+    from streamer.parsing.engines import ENGINES
+
+    assert ENGINE_CHOICES == ENGINES  # --engine's choices, written out to keep torch out of --help
+    parser = argparse.ArgumentParser(prog="demo")
+    add_log_level(parser)
+
+    def raising(exc: BaseException):
+        def body(args: argparse.Namespace) -> int:
+            raise exc
+        return body
+
+    assert run_command(parser, [], lambda args: 7) == 7
+    assert run_command(parser, ["--bogus"], lambda args: 0) == 2
+    assert run_command(parser, ["--help"], lambda args: 1) == 0
+    capsys.readouterr()
+    assert run_command(parser, [], raising(ConfigError("bad key", hint="fix it"))) == 2
+    assert capsys.readouterr().err == "error: bad key; fix it\n"
+    assert run_command(parser, [], raising(SinkError("disk full")), failed="out: ") == 1
+    assert capsys.readouterr().err == "error: out: disk full\n"
+    stopper = SignalStop()
+    assert run_command(parser, [], raising(KeyboardInterrupt()), signals=stopper) == 130
+    stopper(signal.SIGTERM, None)
+    assert run_command(parser, [], raising(SinkError("cut")), signals=stopper) == 143
+    assert run_command(parser, [], raising(ConfigError("bad")), signals=stopper) == 2
+    with pytest.raises(ZeroDivisionError):  # a bug is no user error: it goes on up
+        run_command(parser, [], raising(ZeroDivisionError()))

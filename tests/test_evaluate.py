@@ -51,6 +51,27 @@ def shifted(truth: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return out
 
 
+def folders(tmp_path: Path, image: tuple[int, int] | None = (8, 6),
+            label: tuple[int, int] | None = (8, 6)) -> tuple[Path, Path]:
+    """``tmp_path/images`` and ``tmp_path/labels``, holding an RGB ``a.jpg`` of size ``image``
+    and a label ``a.png`` of size ``label`` (None: that file is not made)."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    if image is not None:
+        Image.new("RGB", image).save(images / "a.jpg")
+    if label is not None:
+        Image.new("L", label).save(labels / "a.png")
+    return images, labels
+
+
+def error_line(capsys: pytest.CaptureFixture[str], start: str) -> str:
+    """What the command wrote to stderr: one line, starting with ``start``."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(start) and "\n" not in err, err
+    return err
+
+
 def test_hand_made_example():
     truth = np.array([[0, 0, 1, 1],
                       [0, 2, 2, 255]], np.uint8)
@@ -129,9 +150,7 @@ def test_shifted_labels_match_hand_computation(media, name):
 
 
 def test_pairs_by_stem_and_their_errors(tmp_path):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
+    images, labels = folders(tmp_path, image=None, label=None)
     with pytest.raises(ConfigError, match="--images folder"):
         find_pairs(tmp_path / "nope", labels)
     Image.new("RGB", (8, 6)).save(images / "a.jpg")
@@ -150,29 +169,18 @@ def test_pairs_by_stem_and_their_errors(tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--images", str(tmp_path / "nope"), "--labels", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --images folder") and "\n" not in err
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    Image.new("RGB", (8, 6)).save(images / "a.jpg")
+    error_line(capsys, "error: --images folder")
+    images, labels = folders(tmp_path, label=None)
     assert main(["--images", str(images), "--labels", str(labels)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: no image") and "\n" not in err
+    error_line(capsys, "error: no image")
 
 
 def test_size_mismatch_is_one_error_line(tmp_path, capsys, tiny_single_model):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    Image.new("RGB", (40, 30)).save(images / "a.jpg")
-    Image.new("L", (30, 40)).save(labels / "a.png")
+    images, labels = folders(tmp_path, image=(40, 30), label=(30, 40))
     code = main(["--images", str(images), "--labels", str(labels), "--model",
                  str(tiny_single_model), "--engine", "torch"])
-    err = capsys.readouterr().err.strip()
+    error_line(capsys, "error: size mismatch: image a.jpg is 40x30 but label a.png is 30x40")
     assert code == 1
-    assert err.startswith("error: size mismatch: image a.jpg is 40x30 but label a.png is 30x40")
-    assert "\n" not in err
 
 
 def test_cli_table_and_json(media, tmp_path, tiny_single_model):
@@ -279,17 +287,12 @@ def test_eval_exports_the_predictions_it_scored(media, tmp_path, capsys, tiny_si
 
 
 def test_eval_refuses_to_export_over_its_inputs(media, tmp_path, capsys):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
-    Image.new("RGB", (8, 6)).save(images / "a.jpg")
-    Image.new("L", (8, 6)).save(labels / "a.png")
+    images, labels = folders(tmp_path)
     before = (labels / "a.png").read_bytes()
     for target in (labels, images):
         assert main(["--images", str(images), "--labels", str(labels), "--labels-out",
                      str(target), "--model", str(tmp_path / "no-model")]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: --labels-out") and "\n" not in err
+        error_line(capsys, "error: --labels-out")
     assert (labels / "a.png").read_bytes() == before
 
 

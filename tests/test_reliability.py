@@ -142,35 +142,52 @@ def faststart_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------ live
+def _live_through_outage(tmp_path: Path, model: Path, clip: Path,
+                         outage: Callable[[RtspServer, CliRun], None], *, after: int,
+                         what: str, stop: signal.Signals) -> tuple[CliRun, Path, Path, Path]:
+    """run_stream.py on an RTSP stream of ``clip``: 25 frames written, ``outage(server, run)``,
+    a reconnect, ``after`` more frames (``what``), then ``stop``: the run must end with
+    128 + ``stop`` and no error line. Returns ``(run, out, metrics, stats)``."""
+    out, metrics, stats = tmp_path / "live.mp4", tmp_path / "m.json", tmp_path / "s.jsonl"
+    with RtspServer(clip, loop=True) as server:
+        run = CliRun("--source", server.url, "--output", out, "--metrics", metrics,
+                     "--stats-jsonl", stats, *tiny_args(model), *FAST_RECONNECT)
+        try:
+            wait_until(lambda: lines_in(stats) >= 25, 60, "frames written", run)
+            outage(server, run)
+            run.wait_for_line("reconnected to", 20)
+            before = lines_in(stats)
+            wait_until(lambda: lines_in(stats) >= before + after, 30, what, run)
+            run.proc.send_signal(stop)
+            code = run.finish(60)
+        finally:
+            run.kill()
+    assert code == 128 + stop, run.stderr
+    assert "Traceback" not in run.stderr and not error_lines(run.stderr)
+    return run, out, metrics, stats
+
+
 def test_rtsp_outage_is_bridged_and_sigint_finalises(tmp_path: Path, tiny_single_model: Path):
     """Server killed mid-stream, back 3 s later on the same port: the run reconnects, keeps
     writing, counts the gap; SIGINT then ends it with 130 and a playable output."""
     needs_rtsp()
     clip = make_clip(tmp_path / "cam.mp4", frames=50, size=(160, 120), fps=25)
-    out, metrics, stats = tmp_path / "live.mp4", tmp_path / "m.json", tmp_path / "s.jsonl"
-    with RtspServer(clip, loop=True) as server:
-        run = CliRun("--source", server.url, "--output", out, "--metrics", metrics,
-                     "--stats-jsonl", stats, *tiny_args(tiny_single_model), *FAST_RECONNECT)
-        try:
-            wait_until(lambda: lines_in(stats) >= 25, 60, "frames written", run)
-            killed = time.monotonic()
-            server.kill()
-            time.sleep(3)
-            server.restart()
-            detected = run.wait_for_line("disconnected; reconnecting", 10)
-            run.wait_for_line("reconnected to", 20)
-            before = lines_in(stats)
-            wait_until(lambda: lines_in(stats) >= before + 25, 30, "frames after the gap",
-                       run)
-            run.proc.send_signal(signal.SIGINT)
-            code = run.finish(60)
-        finally:
-            run.kill()
-    stderr = run.stderr
-    assert code == 130, stderr
-    assert "Traceback" not in stderr and not error_lines(stderr)
-    assert detected - killed < 2 + 1.5  # within the read timeout (2 s), with some slack
-    assert "gap" in stderr  # the gap is logged
+
+    marks: dict[str, float] = {}
+
+    def outage(server: RtspServer, run: CliRun) -> None:
+        marks["killed"] = time.monotonic()
+        server.kill()
+        time.sleep(3)
+        server.restart()
+        marks["detected"] = run.wait_for_line("disconnected; reconnecting", 10)
+
+    run, out, metrics, stats = _live_through_outage(
+        tmp_path, tiny_single_model, clip, outage, after=25, what="frames after the gap",
+        stop=signal.SIGINT)
+    # Within the read timeout (2 s), with some slack.
+    assert marks["detected"] - marks["killed"] < 2 + 1.5
+    assert "gap" in run.stderr  # the gap is logged
     summary = json.loads(metrics.read_text())
     assert summary["reconnects"] == 1
     assert summary["gap_seconds"] >= 2.5
@@ -189,27 +206,16 @@ def test_rtsp_new_resolution_after_reconnect_and_sigterm(tmp_path: Path,
     needs_rtsp()
     small = make_clip(tmp_path / "small.mp4", frames=50, size=(160, 120), fps=25)
     large = make_clip(tmp_path / "large.mp4", frames=50, size=(320, 240), fps=25)
-    out, metrics, stats = tmp_path / "live.mp4", tmp_path / "m.json", tmp_path / "s.jsonl"
-    with RtspServer(small, loop=True) as server:
-        run = CliRun("--source", server.url, "--output", out, "--metrics", metrics,
-                     "--stats-jsonl", stats, *tiny_args(tiny_single_model), *FAST_RECONNECT)
-        try:
-            wait_until(lambda: lines_in(stats) >= 25, 60, "frames written", run)
-            server.kill()
-            server.clip = large
-            server.restart()
-            run.wait_for_line("reconnected to", 20)
-            before = lines_in(stats)
-            wait_until(lambda: lines_in(stats) >= before + 40, 30, "frames at the new size",
-                       run)
-            run.proc.send_signal(signal.SIGTERM)
-            code = run.finish(60)
-        finally:
-            run.kill()
-    stderr = run.stderr
-    assert code == 143, stderr
-    assert "Traceback" not in stderr and not error_lines(stderr)
-    assert "rescaling to the output's 160x120" in stderr
+
+    def outage(server: RtspServer, run: CliRun) -> None:
+        server.kill()
+        server.clip = large
+        server.restart()
+
+    run, out, metrics, stats = _live_through_outage(
+        tmp_path, tiny_single_model, small, outage, after=40, what="frames at the new size",
+        stop=signal.SIGTERM)
+    assert "rescaling to the output's 160x120" in run.stderr
     summary = json.loads(metrics.read_text())
     assert summary["reconnects"] == 1
     video = probe(out)
@@ -302,6 +308,18 @@ def test_damaged_file_is_decoded_as_far_as_possible(tmp_path: Path, faststart_cl
 
 
 # -------------------------------------------------------------------------------- signals
+def _last_sigint(run: CliRun) -> float:
+    """One more SIGINT: the run must end with 130 and no traceback. Returns how long (s) it
+    took to end after the signal."""
+    started = time.monotonic()
+    run.proc.send_signal(signal.SIGINT)
+    code = run.finish(60)
+    took = time.monotonic() - started
+    assert code == 130, run.stderr
+    assert "Traceback" not in run.stderr
+    return took
+
+
 def test_second_sigint_exits_at_once(tmp_path: Path, tiny_single_model: Path):
     """After a first SIGINT the run still writes out every frame already parsed, which takes
     seconds here (the whole clip is parsed at once: one parse reused for all frames, a large
@@ -320,14 +338,9 @@ def test_second_sigint_exits_at_once(tmp_path: Path, tiny_single_model: Path):
         time.sleep(1.0)
         assert run.proc.poll() is None, "the first SIGINT finished too fast to test the second"
         pending = 200 - lines_in(stats)
-        second = time.monotonic()
-        run.proc.send_signal(signal.SIGINT)
-        code = run.finish(60)
-        took = time.monotonic() - second
+        took = _last_sigint(run)
     finally:
         run.kill()
-    assert code == 130, run.stderr
-    assert "Traceback" not in run.stderr
     assert pending >= 25  # the first SIGINT still had that many frames to write...
     assert took < 1.5, f"the second SIGINT took {took:.2f} s"  # ...the second one did not
     assert lines_in(stats) < 200
@@ -349,14 +362,9 @@ def test_two_quick_sigints_keep_a_playable_output(tmp_path: Path, tiny_single_mo
         wait_until(lambda: lines_in(stats) >= 30, 90, "frames written", run)
         run.proc.send_signal(signal.SIGINT)
         time.sleep(0.02)
-        run.proc.send_signal(signal.SIGINT)
-        second = time.monotonic()
-        code = run.finish(60)
-        took = time.monotonic() - second
+        took = _last_sigint(run)
     finally:
         run.kill()
-    assert code == 130, run.stderr
-    assert "Traceback" not in run.stderr
     assert took < 3, f"the second SIGINT took {took:.2f} s to end the run"
     written = lines_in(stats)
     assert written < 400

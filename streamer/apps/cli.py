@@ -15,10 +15,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streamer.apps.common import SignalStop, yaml_quote
+from streamer.apps.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SignalStop,
+    add_log_level,
+    add_model_options,
+    model_overrides,
+    run_command,
+    yaml_quote,
+)
 from streamer.core.heap import return_large_buffers
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 IMAGE_OUTPUTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 EPILOG = """\
@@ -44,8 +53,6 @@ section.key=value; see configs/default.yaml for all of them.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.vision.detect import DETECTOR_TYPES
-
     p = argparse.ArgumentParser(
         prog="run_stream.py",
         description="Parse people (hair, face, clothes, limbs...) in video on a CPU with M2FP "
@@ -59,16 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "image (.png/.jpg)")
     p.add_argument("--show", action="store_true", help="show the annotated stream in a window "
                    "(q/Esc quits, space pauses; needs opencv-python with GUI)")
-    p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-    p.add_argument("--config", help="YAML config file (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override any config key, e.g. parser.engine=torch")
-    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
-                   help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=DETECTOR_TYPES,
-                   help="person detector (detector.type, default auto: the trained ones, "
-                   "fetched once; see `run_stream.py fetch detectors`); full parses whole "
-                   "frames")
+    add_model_options(
+        p, config_help="YAML config file (see configs/)",
+        set_help="override any config key, e.g. parser.engine=torch",
+        detector_help="person detector (detector.type, default auto: the trained ones, fetched "
+        "once; see `run_stream.py fetch detectors`); full parses whole frames")
     p.add_argument("--threads", type=int, help="threads for inference (parser.threads; "
                    "0 = all cores)")
     p.add_argument("--parse-every", type=int, metavar="N",
@@ -87,19 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "(named after the image for image folders, else 000000.png, ...)")
     p.add_argument("--stats-jsonl", help="write per-frame stats as JSON lines to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-level", default="WARNING",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default WARNING")
+    add_log_level(p)
     return p
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.overrides)
+    out = model_overrides(args)
     simple = {
-        "source.uri": args.source, "output.path": args.output, "parser.model": args.model,
-        "parser.engine": args.engine, "detector.type": args.detector,
-        "parser.threads": args.threads, "parse.every": args.parse_every,
-        "output.metrics": args.metrics, "output.labels_dir": args.labels_out,
-        "output.stats_jsonl": args.stats_jsonl,
+        "source.uri": args.source, "output.path": args.output, "parser.threads": args.threads,
+        "parse.every": args.parse_every, "output.metrics": args.metrics,
+        "output.labels_dir": args.labels_out, "output.stats_jsonl": args.stats_jsonl,
         "source.max_frames": args.max_frames, "source.start": args.start,
     }
     for key, value in simple.items():
@@ -303,65 +302,58 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
         return int(module.main(argv[1:]) or 0)
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    stopper = RunStop()
+    return run_command(build_parser(), argv, lambda args: _run(args, stopper), signals=stopper)
+
+
+def _run(args: argparse.Namespace, stopper: RunStop) -> int:
+    """``run_stream.py`` once its command line is read (run_command turns errors into codes)."""
     if args.log_level != "ERROR":
         _show_notices()
-    stopper = RunStop()
     stopper.install()
-    from streamer.core.errors import ConfigError, StreamerError
+    from streamer.config import load_config
+    from streamer.core.errors import ConfigError
 
-    try:
-        from streamer.config import load_config
+    if args.output_dir:
+        return _run_streams(args, stopper)
+    config = load_config(args.config, _overrides(args))
+    source, output = config.source.uri, config.output.path
+    if source is None:
+        raise ConfigError("no source given: pass --source or set source.uri in --config")
+    out = config.output
+    if not (output or out.show or out.metrics or out.labels_dir or out.stats_jsonl):
+        raise ConfigError("nothing to do: pass --output FILE, --show, --labels-out DIR, "
+                          "--stats-jsonl FILE or --metrics FILE")
+    photo_out = output if output and Path(output).suffix.lower() in IMAGE_OUTPUTS else None
+    check_outputs(config, photo=photo_out is not None)
+    if photo_out is not None:
+        _parse_photo(config, str(source), photo_out)
+        return EXIT_OK
 
-        if args.output_dir:
-            return _run_streams(args, stopper)
-        config = load_config(args.config, _overrides(args))
-        source, output = config.source.uri, config.output.path
-        if source is None:
-            raise ConfigError("no source given: pass --source or set source.uri in --config")
-        out = config.output
-        if not (output or out.show or out.metrics or out.labels_dir or out.stats_jsonl):
-            raise ConfigError("nothing to do: pass --output FILE, --show, --labels-out DIR, "
-                              "--stats-jsonl FILE or --metrics FILE")
-        photo_out = output if output and Path(output).suffix.lower() in IMAGE_OUTPUTS else None
-        check_outputs(config, photo=photo_out is not None)
-        if photo_out is not None:
-            _parse_photo(config, str(source), photo_out)
-            return EXIT_OK
+    from streamer.core.metrics import format_summary
+    from streamer.pipeline import Pipeline
 
-        from streamer.core.metrics import format_summary
-        from streamer.pipeline import Pipeline
-
-        pipeline = Pipeline(config)
-        stopper.target = pipeline
-        if stopper.code is not None:  # Ctrl-C while starting up: nothing written yet
-            return stopper.code
-        summary = pipeline.run(on_estimate=_print_estimate)
-        print(format_summary(summary))
-        if output and config.output.segment_seconds:
-            print(f"wrote segments to {Path(output).with_suffix('')}/")
-        elif output:
-            print(f"wrote {output}")
-        skipped = summary["decode_errors"]
-        damaged = summary["packets_corrupt"] + summary["frames_corrupt"]
-        if skipped or damaged:
-            parts = []
-            if skipped:
-                parts.append(f"{skipped} damaged packet(s) or frame(s) could not be decoded and "
-                             "were skipped")
-            if damaged:
-                parts.append(f"{damaged} damaged packet(s) or frame(s) were decoded as far as "
-                             "possible (the input is corrupt or cut short)")
-            print(f"warning: {'; '.join(parts)}", file=sys.stderr)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StreamerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return stopper.code or EXIT_FAILED
-    except KeyboardInterrupt:
-        return stopper.code or 130
+    pipeline = Pipeline(config)
+    stopper.target = pipeline
+    if stopper.code is not None:  # Ctrl-C while starting up: nothing written yet
+        return stopper.code
+    summary = pipeline.run(on_estimate=_print_estimate)
+    print(format_summary(summary))
+    if output and config.output.segment_seconds:
+        print(f"wrote segments to {Path(output).with_suffix('')}/")
+    elif output:
+        print(f"wrote {output}")
+    skipped = summary["decode_errors"]
+    damaged = summary["packets_corrupt"] + summary["frames_corrupt"]
+    if skipped or damaged:
+        parts = []
+        if skipped:
+            parts.append(f"{skipped} damaged packet(s) or frame(s) could not be decoded and "
+                         "were skipped")
+        if damaged:
+            parts.append(f"{damaged} damaged packet(s) or frame(s) were decoded as far as "
+                         "possible (the input is corrupt or cut short)")
+        print(f"warning: {'; '.join(parts)}", file=sys.stderr)
     return stopper.code or EXIT_OK
 
 

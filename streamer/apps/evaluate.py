@@ -32,18 +32,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamer.apps.common import yaml_quote
-from streamer.core.errors import ConfigError, SourceError, StreamerError
+from streamer.apps.common import add_log_level, add_model_options, model_overrides, run_command
+from streamer.core.errors import ConfigError, SourceError
 from streamer.core.labels import IMAGE_SUFFIXES
 
 __all__ = [
@@ -333,8 +332,6 @@ def format_table(scores: Scores) -> str:
 
 # ------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.vision.detect import DETECTOR_TYPES
-
     p = argparse.ArgumentParser(
         prog="run_stream.py eval",
         description="Parse every image in --images and score it against the label map of the "
@@ -342,22 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
         "255 ignored): per-class IoU, mIoU and pixel accuracy.")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--labels", required=True, help="folder of ground-truth label PNGs")
-    p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
-                   help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=DETECTOR_TYPES,
-                   help="single-person model: how people are found (detector.type, default "
-                   "auto; full: the whole image is one person); the multi-person model always "
-                   "parses the whole image")
+    add_model_options(
+        p, config_help="YAML config file (parser and detector sections are used)",
+        set_help="override a config key, e.g. parser.batch_size=1",
+        detector_help="single-person model: how people are found (detector.type, default "
+        "auto; full: the whole image is one person); the multi-person model always parses "
+        "the whole image")
     p.add_argument("--threads", type=int, help="inference threads (parser.threads)")
-    p.add_argument("--config", help="YAML config file (parser and detector sections are used)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. parser.batch_size=1")
     p.add_argument("--json", help="also write the scores as JSON to this file")
     p.add_argument("--labels-out", help="also write each predicted label map to this folder, "
                    "named after its image (photo.jpg -> photo.png), as scored")
-    p.add_argument("--log-level", default="WARNING",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default WARNING")
+    add_log_level(p)
     return p
 
 
@@ -403,11 +395,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
                                   hint="choose another --labels-out folder")
         check_not_input(labels_out, inputs, "--labels-out")
         prepare_labels_dir(labels_out)
-    overrides = list(args.overrides)
-    if args.model:
-        overrides.append(f"parser.model={yaml_quote(args.model)}")
-    if args.engine:
-        overrides.append(f"parser.engine={args.engine}")
+    overrides = model_overrides(args)
     if args.threads is not None:
         overrides.append(f"parser.threads={args.threads}")
     config = load_config(args.config, overrides)
@@ -418,7 +406,7 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
     from streamer.parsing.photo import photo_detector
 
     parser = HumanParser(config.parser)
-    options = replace(config.detector, type=args.detector) if args.detector else config.detector
+    options = config.detector
     detector = photo_detector(parser, options)
     total = Confusion(len(parser.classes))
     per_image: list[ImageScore] = []
@@ -440,19 +428,11 @@ def run(args: argparse.Namespace) -> tuple[Scores, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py eval ...``; returns the exit code (0 ok, 1 bad data, 2 usage)."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or argparse's own usage error
-        return int(exc.code or 0)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        scores, settings = run(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StreamerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(build_parser(), argv, _run_and_print)
+
+
+def _run_and_print(args: argparse.Namespace) -> int:
+    scores, settings = run(args)
     print(format_table(scores))
     if args.json:
         data = {**settings, **scores.to_dict()}

@@ -67,22 +67,14 @@ def fetch_detectors(weights: str | None = None, threads: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py fetch ...``; returns the exit code."""
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help, or argparse's own usage error
-        return int(exc.code or 0)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from streamer.core.errors import ConfigError, StreamerError
+    from streamer.apps.common import run_command
 
-    try:
+    def fetch(args: argparse.Namespace) -> int:
         print(fetch_detectors(args.weights, args.threads))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StreamerError as exc:
-        print(f"error: detectors missing: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_command(build_parser(), argv, fetch, log_level=logging.WARNING,
+                       failed="detectors missing: ")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,11 @@ parse that has it at the default depth of 3 (one parse later than without stabil
 larger depth waits longer, a depth of 2 turns stability into a no-op). People
 new to the screen, and pixels of other people, are taken from the new parse as they are.
 
+This module holds the carrier and its options; what it is built from has modules of its own
+(re-exported here): :mod:`streamer.vision.propagate` (moving a parse by a :class:`Motion`),
+:mod:`streamer.vision.flow` (the optical flow, scene cuts), :mod:`streamer.vision.stability`
+(``majority``, ``blend``, and the agreement and flicker measures).
+
 Example:
     >>> carrier = Carrier(propagate="flow", stability="majority")
     >>> shown = carrier.carry(frame.image, frame.index, result,              # a parse lands
@@ -47,16 +52,25 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from streamer.core.checks import check_choice
 from streamer.core.errors import ConfigError
-from streamer.core.types import Box, ParseResult, Person, whole_pixels
-from streamer.vision.propagate import shift_persons
+from streamer.core.types import ParseResult, whole_pixels
+from streamer.vision.flow import FLOW_PRESETS, FlowPropagator, is_scene_cut
+from streamer.vision.propagate import (
+    Motion,
+    as_people,
+    clip_box,
+    person_map,
+    shift_persons,
+    warp_result,
+    warp_with,
+)
+from streamer.vision.stability import agreement, blend_votes, flicker, majority_labels
 
 __all__ = [
     "FLOW_PRESETS",
@@ -65,324 +79,17 @@ __all__ = [
     "Carrier",
     "FlowPropagator",
     "Motion",
+    "agreement",
     "blend_votes",
+    "flicker",
     "is_scene_cut",
     "majority_labels",
-    "agreement",
-    "flicker",
     "warp_result",
     "warp_with",
 ]
 
 PROPAGATE_METHODS = ("none", "shift", "flow")
 STABILITY_MODES = ("none", "majority", "blend")
-FLOW_PRESETS = {
-    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
-    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
-}
-MIN_FLOW_SIDE = 16  # regions smaller than this (px, after shrinking) are shifted, not flowed
-
-
-def _clip(box: Box, w: int, h: int) -> Box:
-    return Box(min(max(box.x0, 0), w), min(max(box.y0, 0), h),
-               min(max(box.x1, 0), w), min(max(box.y1, 0), h), box.score)
-
-
-def _xyxy(box: Box) -> tuple[int, int, int, int]:
-    return box.x0, box.y0, box.x1, box.y1
-
-
-def _moved(box: Box, dx: int, dy: int) -> Box:
-    return Box(box.x0 + dx, box.y0 + dy, box.x1 + dx, box.y1 + dy, box.score)
-
-
-@dataclass
-class Motion:
-    """How one person moves from the source frame to the target frame.
-
-    ``offset`` is the box motion ``(dx, dy)`` in whole pixels. ``field`` (optional) is a
-    float32 ``(H, W, 2)`` map over ``region`` of the target frame: for every target pixel, the
-    source pixel ``(x, y)`` it comes from. Without a field the person is shifted by ``offset``.
-    """
-
-    offset: tuple[int, int] = (0, 0)
-    region: Box | None = None
-    field: np.ndarray | None = None
-    _maps: tuple[np.ndarray, np.ndarray] | None = None
-
-    def pull(self, array: np.ndarray) -> np.ndarray:
-        """``array`` (frame-sized) sampled nearest-neighbour at ``field`` (0 outside)."""
-        if self._maps is None:
-            assert self.field is not None
-            # The stubs want a second map; OpenCV takes None for a two-channel first one.
-            self._maps = cv2.convertMaps(  # type: ignore[call-overload]
-                self.field, None, cv2.CV_16SC2, nninterpolation=True)
-        map1, map2 = self._maps
-        return cv2.remap(array, map1, map2, cv2.INTER_NEAREST,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-def is_scene_cut(a: np.ndarray, b: np.ndarray, threshold: float = 0.2,
-                 samples: int = 64) -> bool:
-    """Whether ``b`` is a different shot from ``a``: mean absolute difference of two
-    ``samples``-wide thumbnails, as a fraction of 255, above ``threshold``.
-
-    Example:
-        >>> black, white = np.zeros((72, 128, 3), np.uint8), np.full((72, 128, 3), 255, np.uint8)
-        >>> is_scene_cut(black, black), is_scene_cut(black, white)
-        (False, True)
-    """
-    if a.shape != b.shape:
-        return True
-    step = max(1, max(a.shape[:2]) // samples)
-    ta = a[::step, ::step].astype(np.int16)
-    tb = b[::step, ::step].astype(np.int16)
-    return float(np.abs(ta - tb).mean()) / 255.0 > threshold
-
-
-def _grey_window(image: np.ndarray, x0: int, y0: int, w: int, h: int,
-                 size: tuple[int, int]) -> np.ndarray:
-    """The ``w`` x ``h`` window at ``(x0, y0)`` of ``image`` (edges replicated where it leaves
-    the frame), grey, shrunk to ``size`` = (width, height)."""
-    ih, iw = image.shape[:2]
-    cx0, cy0 = max(x0, 0), max(y0, 0)
-    cx1, cy1 = min(x0 + w, iw), min(y0 + h, ih)
-    if cx1 <= cx0 or cy1 <= cy0:
-        return np.zeros((size[1], size[0]), np.uint8)
-    crop = image[cy0:cy1, cx0:cx1]
-    grey = cv2.cvtColor(crop, cv2.COLOR_RGB2GRAY) if crop.ndim == 3 else crop
-    if (cx0, cy0, cx1, cy1) != (x0, y0, x0 + w, y0 + h):
-        grey = cv2.copyMakeBorder(grey, cy0 - y0, y0 + h - cy1, cx0 - x0, x0 + w - cx1,
-                                  cv2.BORDER_REPLICATE)
-    if (w, h) != size:
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(grey)
-
-
-class FlowPropagator:
-    """Per-person motion between two frames, by DIS optical flow inside each person's box.
-
-    The flow of a person is computed on a window of the target frame around the person's box
-    moved by its box motion (grown by ``margin`` of its size on each side), shrunk so that its
-    long side is at most ``size`` px, against the same window of the source frame moved back
-    by the box motion. Not thread-safe: one per stream.
-
-    Example:
-        >>> flow = FlowPropagator(preset="ultrafast", size=256)
-        >>> motions = flow.motions(result, previous_image, image, {1: (3, 0)})
-        >>> moved = warp_result(result, motions)
-    """
-
-    def __init__(self, preset: str = "ultrafast", size: int = 256, margin: float = 0.1,
-                 scene_cut: float = 0.2, finest_scale: int | None = 1) -> None:
-        if preset not in FLOW_PRESETS:
-            raise ConfigError(f"flow preset must be one of {', '.join(FLOW_PRESETS)}, "
-                              f"not {preset!r}")
-        self.preset = preset
-        self.size = int(size)
-        self.margin = float(margin)
-        self.scene_cut = float(scene_cut)
-        self._dis = cv2.DISOpticalFlow.create(FLOW_PRESETS[preset])
-        if finest_scale is not None:
-            self._dis.setFinestScale(int(finest_scale))
-
-    def motions(self, result: ParseResult, source: np.ndarray, target: np.ndarray,
-                offsets: Mapping[int, tuple[int, int]]) -> dict[int, Motion]:
-        """The :class:`Motion` of every person in ``result`` (parsed on, or aligned to,
-        ``source``) to ``target``. After a scene cut every person is only shifted."""
-        shifted: dict[int, Motion] = {}
-        for p in result.persons:
-            dx, dy = offsets.get(p.id, (0, 0))
-            shifted[p.id] = Motion((dx, dy))
-        if source.shape != target.shape or is_scene_cut(source, target, self.scene_cut):
-            return shifted
-        h, w = target.shape[:2]
-        out = {}
-        for person in result.persons:
-            dx, dy = shifted[person.id].offset
-            box = _clip(person.box, w, h)
-            pad_x = max(2, round(self.margin * box.width))
-            pad_y = max(2, round(self.margin * box.height))
-            region = _clip(Box(box.x0 + dx - pad_x, box.y0 + dy - pad_y,
-                               box.x1 + dx + pad_x, box.y1 + dy + pad_y), w, h)
-            out[person.id] = self._motion(source, target, region, (dx, dy)) or shifted[person.id]
-        return out
-
-    def _motion(self, source: np.ndarray, target: np.ndarray, region: Box,
-                offset: tuple[int, int]) -> Motion | None:
-        # Shrink by a whole factor (INTER_AREA is ~30x faster at one): trim the region's far
-        # edges (its margin) to a multiple of it.
-        k = max(1, math.ceil(max(region.width, region.height) / self.size))
-        sw, sh = region.width // k, region.height // k
-        if min(sw, sh) < MIN_FLOW_SIDE:
-            return None
-        rw, rh = sw * k, sh * k
-        region = Box(region.x0, region.y0, region.x0 + rw, region.y0 + rh, region.score)
-        dx, dy = offset
-        now = _grey_window(target, region.x0, region.y0, rw, rh, (sw, sh))
-        before = _grey_window(source, region.x0 - dx, region.y0 - dy, rw, rh, (sw, sh))
-        # now(x) ~ before(x + flow(x)); (the stubs lack the flow=None form OpenCV accepts)
-        flow = self._dis.calc(now, before, None)  # type: ignore[call-overload]
-        # Turn the flow into source coordinates at the small size (the frame pixel under each
-        # small pixel's centre, plus its flow), then enlarge: the enlarged map of a linear grid
-        # plus flow is the enlarged flow plus the full-size grid, at the cost of one resize.
-        fx, fy = rw / sw, rh / sh
-        flow[..., 0] *= fx
-        flow[..., 1] *= fy
-        flow[..., 0] += ((np.arange(sw, dtype=np.float32) + 0.5) * fx - 0.5
-                         + (region.x0 - dx))[None, :]
-        flow[..., 1] += ((np.arange(sh, dtype=np.float32) + 0.5) * fy - 0.5
-                         + (region.y0 - dy))[:, None]
-        if (sw, sh) != (rw, rh):
-            flow = cv2.resize(flow, (rw, rh), interpolation=cv2.INTER_LINEAR)
-        return Motion(offset, region, flow)
-
-
-def _as_people(result: ParseResult) -> ParseResult:
-    """``result`` with a person-id map; a map without one becomes a single whole-frame person."""
-    if result.instances is not None:
-        return result
-    h, w = result.labels.shape
-    instances = (result.labels != 0).astype(np.uint16)
-    return ParseResult(result.labels, result.classes, instances, [Person(1, 1.0, Box(0, 0, w, h))])
-
-
-def warp_result(result: ParseResult, motions: Mapping[int, Motion]) -> ParseResult:
-    """A copy of ``result`` with each person's pixels moved by ``motions[id]``.
-
-    Labels that belong to nobody stay where they are; people are pasted lowest score first so
-    the higher score wins where they overlap; a person moved out of the frame is dropped; a
-    person without a motion stays put. Sampling is nearest-neighbour, so the output holds only
-    values of the input. With motions that are offsets only, this is
-    :func:`~streamer.vision.propagate.shift_persons`.
-
-    Example:
-        >>> moved = warp_result(result, {1: Motion((4, 0))})   # person 1: 4 px to the right
-    """
-    return warp_with(result, motions, ())[0]
-
-
-def warp_with(result: ParseResult, motions: Mapping[int, Motion],
-              extras: Sequence[np.ndarray]) -> tuple[ParseResult, list[np.ndarray]]:
-    """:func:`warp_result`, and ``extras`` (arrays the size of the frame) carried the same way
-    as the labels: a person's values move with the person, nobody's stay put.
-
-    Example:
-        >>> moved, (votes,) = warp_with(result, motions, [votes])
-    """
-    result = _as_people(result)
-    src_labels, src_inst = result.labels, _instances(result)
-    h, w = src_labels.shape
-    labels = src_labels.copy()
-    instances = np.zeros_like(src_inst)
-    carried = [np.array(e, copy=True) for e in extras]
-    extent: dict[int, tuple[int, int, int, int]] = {}  # where each person's pixels were
-    for person in result.persons:  # clear everybody's pixels; nobody's stay
-        b = _clip(person.box, w, h)
-        mine = src_inst[b.y0:b.y1, b.x0:b.x1] == person.id
-        labels[b.y0:b.y1, b.x0:b.x1][mine] = 0
-        for c in carried:
-            c[b.y0:b.y1, b.x0:b.x1][mine] = 0
-        if person.id in motions and motions[person.id].field is not None:
-            bx, by, bw, bh = cv2.boundingRect(mine.view(np.uint8))
-            extent[person.id] = (b.x0 + bx, b.y0 + by, bw, bh)
-    persons: list[Person] = []
-    for person in sorted(result.persons, key=lambda p: p.score):
-        motion = motions.get(person.id) or Motion()
-        src = _clip(person.box, w, h)
-        dx, dy = motion.offset
-        if motion.field is None:
-            dst = _clip(_moved(src, dx, dy), w, h)
-            if dst.width <= 0 or dst.height <= 0:
-                continue  # carried out of the frame
-            sx0, sy0 = dst.x0 - dx, dst.y0 - dy
-            sx1, sy1 = sx0 + dst.width, sy0 + dst.height
-            mine = src_inst[sy0:sy1, sx0:sx1] == person.id
-            labels[dst.y0:dst.y1, dst.x0:dst.x1][mine] = src_labels[sy0:sy1, sx0:sx1][mine]
-            instances[dst.y0:dst.y1, dst.x0:dst.x1][mine] = person.id
-            for c, e in zip(carried, extras, strict=True):
-                c[dst.y0:dst.y1, dst.x0:dst.x1][mine] = e[sy0:sy1, sx0:sx1][mine]
-            persons.append(Person(person.id, person.score, Box(*_xyxy(dst), person.score)))
-            continue
-        r = motion.region
-        assert r is not None
-        pull = motion.pull
-        mine = pull(src_inst) == person.id
-        if not mine.any():
-            continue
-        labels[r.y0:r.y1, r.x0:r.x1][mine] = pull(src_labels)[mine]
-        instances[r.y0:r.y1, r.x0:r.x1][mine] = person.id
-        for c, e in zip(carried, extras, strict=True):
-            c[r.y0:r.y1, r.x0:r.x1][mine] = pull(e)[mine]
-        # The box moves as the person's pixels did (centre of their extent), and always
-        # holds them.
-        bx, by, bw, bh = cv2.boundingRect(mine.view(np.uint8))
-        bx, by = bx + r.x0, by + r.y0
-        ex, ey, ew, eh = extent.get(person.id, (bx, by, bw, bh))
-        moved = _clip(_moved(src, round(bx + bw / 2 - ex - ew / 2),
-                             round(by + bh / 2 - ey - eh / 2)), w, h)
-        box = Box(min(moved.x0, bx), min(moved.y0, by), max(moved.x1, bx + bw),
-                  max(moved.y1, by + bh), person.score)
-        persons.append(Person(person.id, person.score, box))
-    persons.sort(key=lambda p: p.id)
-    return ParseResult(labels, result.classes, instances, persons), carried
-
-
-# ---------------------------------------------------------------------------- stability
-def majority_labels(maps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel, the value most of ``maps`` (oldest first) agree on; ties go to the newest.
-    Also returns, per pixel, the index of the map whose value was taken.
-
-    Example:
-        >>> a, b = np.array([[1, 2]]), np.array([[3, 2]])
-        >>> majority_labels([a, a, b])[0].tolist(), majority_labels([a, b])[0].tolist()
-        ([[1, 2]], [[3, 2]])
-    """
-    if not maps:
-        raise ValueError("majority of no maps")
-    k = len(maps)
-    best = np.array(maps[-1], copy=True)
-    best_count = np.zeros(best.shape, np.int16)
-    which = np.full(best.shape, k - 1, np.int16)
-    for i in range(k - 1, -1, -1):  # newest first; only a strictly larger count replaces it
-        count = np.zeros(best.shape, np.int16)
-        for j in range(k):
-            count += maps[j] == maps[i]
-        better = count > best_count
-        best[better] = maps[i][better]
-        which[better] = i
-        best_count = np.maximum(best_count, count)
-    return best, which
-
-
-def blend_votes(shown: np.ndarray, new: np.ndarray, votes: np.ndarray,
-                depth: int) -> tuple[np.ndarray, np.ndarray]:
-    """One parse's worth of blending: ``(labels, votes)`` after ``new`` lands on ``shown``.
-
-    Where they agree the vote bank grows (at most ``depth``); where they disagree it shrinks,
-    and the new label takes over (with one vote) once it is empty.
-
-    Example:
-        >>> shown, new = np.array([[5, 5]]), np.array([[5, 7]])
-        >>> blend_votes(shown, new, np.array([[2, 2]], np.uint8), 3)
-        (array([[5, 5]]), array([[3, 1]], dtype=uint8))
-        >>> blend_votes(shown, new, np.array([[2, 1]], np.uint8), 3)[0]
-        array([[5, 7]])
-    """
-    v = votes.astype(np.int16)
-    agree = shown == new
-    v = np.where(agree, np.minimum(v + 1, depth), v - 1)
-    switch = v <= 0
-    labels = np.where(switch, new, shown)
-    v[switch] = 1
-    return labels, v.astype(np.uint8)
-
-
-def _instances(result: ParseResult) -> np.ndarray:
-    """The person-id map of a result known to have one (one from :func:`_as_people`)."""
-    assert result.instances is not None, "a result without a person-id map"
-    return result.instances
 
 
 def _ids(result: ParseResult) -> set[int]:
@@ -431,12 +138,8 @@ class Carrier:
                  stability_depth: int = 3, *, flow_preset: str = "ultrafast",
                  flow_size: int = 256, scene_cut: float = 0.2,
                  flow_finest_scale: int | None = 1, chain: bool = False) -> None:
-        if propagate not in PROPAGATE_METHODS:
-            raise ConfigError(f"render.propagate must be one of {', '.join(PROPAGATE_METHODS)}, "
-                              f"not {propagate!r}")
-        if stability not in STABILITY_MODES:
-            raise ConfigError(f"render.stability must be one of {', '.join(STABILITY_MODES)}, "
-                              f"not {stability!r}")
+        check_choice("render.propagate", propagate, PROPAGATE_METHODS)
+        check_choice("render.stability", stability, STABILITY_MODES)
         if int(stability_depth) < 2:
             raise ConfigError(f"render.stability_depth must be at least 2, not {stability_depth}")
         self.propagate = propagate
@@ -505,7 +208,7 @@ class Carrier:
             self._last = moved
             return moved.shown
         # A new parse lands: bring it to this frame, then settle it against what is shown.
-        landed = _as_people(result) if self.stability != "none" else result
+        landed = as_people(result) if self.stability != "none" else result
         if index > src_index and src_image.shape == image.shape:
             motions = self._motions(landed, src_image, image,
                                     self._offsets(self._velocity, index - src_index))
@@ -546,7 +249,7 @@ class Carrier:
                  offsets: dict[int, tuple[int, int]]) -> dict[int, Motion]:
         if self.propagate == "flow":
             assert self.flow is not None
-            return self.flow.motions(_as_people(result), source, target, offsets)
+            return self.flow.motions(as_people(result), source, target, offsets)
         if self.propagate == "shift":
             return {pid: Motion(off) for pid, off in offsets.items()}
         return {}
@@ -585,34 +288,34 @@ class Carrier:
     def _settle(self, landed: ParseResult, shown: ParseResult, history: Sequence[ParseResult],
                 votes: np.ndarray | None) -> tuple[ParseResult, np.ndarray | None]:
         """``landed`` with the pixels of people already on screen stabilized."""
-        landed = _as_people(landed)
-        shown = _as_people(shown)
+        landed = as_people(landed)
+        shown = as_people(shown)
         on_screen = _ids(shown)
         labels = landed.labels.copy()
-        instances = _instances(landed).copy()
+        instances = person_map(landed).copy()
         h, w = labels.shape
         new_votes = np.ones((h, w), np.uint8) if votes is not None else None
         for person in sorted(landed.persons, key=lambda p: p.score):
             if person.id not in on_screen:
                 continue
-            b = _clip(person.box, w, h)
+            b = clip_box(person.box, w, h)
             if b.width <= 0 or b.height <= 0:
                 continue
             win = (slice(b.y0, b.y1), slice(b.x0, b.x1))
-            new = np.where(_instances(landed)[win] == person.id, landed.labels[win], 0)
+            new = np.where(person_map(landed)[win] == person.id, landed.labels[win], 0)
             if self.stability == "majority":
-                olds = [np.where(_instances(m)[win] == person.id, m.labels[win], 0)
+                olds = [np.where(person_map(m)[win] == person.id, m.labels[win], 0)
                         for m in history if person.id in _ids(m)]
                 if not olds:
                     continue
                 final, _ = majority_labels([*olds, new])
             else:
                 assert votes is not None and new_votes is not None
-                was = np.where(_instances(shown)[win] == person.id, shown.labels[win], 0)
+                was = np.where(person_map(shown)[win] == person.id, shown.labels[win], 0)
                 final, v = blend_votes(was, new, votes[win], self.depth - 1)
             # This person's pixels in the new parse take the settled label; pixels of nobody
             # take it where it is a label of this person's (old parses still see them there).
-            owner = _instances(landed)[win]
+            owner = person_map(landed)[win]
             free = (owner == person.id) | ((owner == 0) & (final != 0))
             labels[win][free] = final[free]
             instances[win][free] = np.where(final[free] != 0, person.id, 0)
@@ -620,29 +323,3 @@ class Carrier:
                 new_votes[win][free] = v[free]
         out = ParseResult(labels, landed.classes, instances, list(landed.persons))
         return out, new_votes
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Fraction of person pixels (non-zero in ``a`` or ``b``) where the labels agree; 1.0 when
-    neither has any.
-
-    Example:
-        >>> agreement(np.array([[0, 1, 2]]), np.array([[0, 1, 3]]))
-        0.5
-    """
-    person = (a != 0) | (b != 0)
-    n = int(person.sum())
-    return 1.0 if n == 0 else float((a[person] == b[person]).sum()) / n
-
-
-def flicker(previous: np.ndarray, current: np.ndarray) -> float:
-    """Fraction of person pixels whose label changes between two shown frames.
-
-    Example:
-        >>> flicker(np.array([[0, 1, 2, 2]]), np.array([[0, 1, 2, 5]]))
-        0.3333333333333333
-    """
-    person = (previous != 0) | (current != 0)
-    n = int(person.sum())
-    return 0.0 if n == 0 else float((previous[person] != current[person]).sum()) / n
-
