@@ -52,7 +52,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from streamer.apps.common import SignalStop, yaml_quote
+from streamer.apps.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    SignalStop,
+    add_log_level,
+    add_model_options,
+    model_overrides,
+    run_command,
+)
 from streamer.batch.hosts import HostCheckError
 from streamer.batch.plan import (
     OUTPUT_FORMATS,
@@ -68,7 +77,7 @@ from streamer.batch.progress import BatchProgress
 from streamer.batch.ray_cluster import ClusterError, RayCluster
 from streamer.batch.report import BatchReport, FileRow, format_table
 from streamer.config import Config
-from streamer.core.errors import ConfigError, StreamerError
+from streamer.core.errors import ConfigError
 from streamer.core.heap import return_large_buffers
 
 __all__ = [
@@ -86,7 +95,6 @@ __all__ = [
 
 log = logging.getLogger("streamer.batch")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 # ------------------------------------------------------------------------ running
@@ -256,8 +264,6 @@ class BatchRunner:
 
 # ------------------------------------------------------------------------ command line
 def build_parser() -> argparse.ArgumentParser:
-    from streamer.vision.detect import DETECTOR_TYPES
-
     p = argparse.ArgumentParser(
         prog="run_stream.py batch",
         description="Parse many video files (and run several live streams) with one model "
@@ -289,14 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "model (default 1: a worker each)")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed input "
                    "(default 1); a stream restarted after its worker died counts one")
-    p.add_argument("--config", help="YAML config; may list sources: (see streamer/batch/runner.py)")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="override a config key for every input")
-    p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-    p.add_argument("--engine", choices=("torch", "torchscript", "onnxruntime", "openvino"),
-                   help="inference engine (parser.engine)")
-    p.add_argument("--detector", choices=DETECTOR_TYPES,
-                   help="person detector (detector.type)")
+    add_model_options(p, config_help="YAML config; may list sources: (see "
+                      "streamer/batch/runner.py)", set_help="override a config key for every "
+                      "input", detector_help="person detector (detector.type)")
     p.add_argument("--format", default="mp4", choices=OUTPUT_FORMATS,
                    help="output container; mkv keeps what reached the disk when a worker is "
                    "killed, mp4 needs its index written at the end")
@@ -304,18 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "metrics already exist (resume an interrupted batch)")
     p.add_argument("--report", help="write the whole batch report as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
-    p.add_argument("--log-level", default="WARNING",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_log_level(p)
     return p
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    out = list(args.overrides)
-    for key, value in (("parser.model", args.model), ("parser.engine", args.engine),
-                       ("detector.type", args.detector)):
-        if value is not None:
-            out.append(f"{key}={yaml_quote(value)}")
-    return out
 
 
 class _BatchStop:
@@ -341,13 +332,13 @@ class _BatchStop:
 def main(argv: list[str] | None = None) -> int:
     """``run_stream.py batch ...``; returns the exit code (0 all ok, 1 any failed, 2 usage)."""
     return_large_buffers()
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     actions = _BatchStop()
     signals = SignalStop(actions.stop, actions.exit)
+    return run_command(build_parser(), argv, lambda args: _run(args, actions, signals),
+                       signals=signals)
+
+
+def _run(args: argparse.Namespace, actions: _BatchStop, signals: SignalStop) -> int:
     signals.install()
     try:
         settings = BatchSettings(workers=args.workers, threads=args.threads,
@@ -362,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             check_output_path(args.report)
         out_dir = Path(args.output_dir)
         jobs, base = plan_batch(args.sources, out_dir, config_path=args.config,
-                                overrides=_overrides(args), fmt=args.format)
+                                overrides=model_overrides(args), fmt=args.format)
         _check_output_dir(out_dir)
         from streamer.m2fp.checkpoint import is_model_id, resolve_model_dir
 
@@ -386,12 +377,6 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except StreamerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return signals.code or EXIT_FAILED
     print(format_table(report))
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2) + "\n")

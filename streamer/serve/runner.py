@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import logging
 import socket
 import sys
 import threading
@@ -18,8 +17,14 @@ import time
 import uvicorn
 from fastapi import FastAPI
 
-from streamer.apps.common import SignalStop, yaml_quote
-from streamer.core.errors import ConfigError
+from streamer.apps.common import (
+    SignalStop,
+    add_log_level,
+    add_model_options,
+    model_overrides,
+    run_command,
+    yaml_quote,
+)
 from streamer.core.heap import return_large_buffers
 from streamer.serve.app import create_app
 from streamer.serve.service import Service
@@ -111,12 +116,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    "0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, help="port (serve.port, default 8080; 0 picks a free "
                    "one)")
-    p.add_argument("--model", help="M2FP model directory or ModelScope id (parser.model)")
-    p.add_argument("--config", help="YAML config file; its serve section configures the service")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. serve.workers=1 or parser.engine=torch")
-    p.add_argument("--log-level", default="WARNING",
-                   choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="default WARNING")
+    add_model_options(p, engine=False, config_help="YAML config file; its serve section "
+                      "configures the service", set_help="override any config key, e.g. "
+                      "serve.workers=1 or parser.engine=torch")
+    add_log_level(p)
     return p
 
 
@@ -124,20 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     """``run_stream.py serve``: 0 on a clean stop, 1 on a run-time problem, 2 on bad
     configuration, 130 / 143 when stopped by SIGINT / SIGTERM (after a graceful shutdown)."""
     return_large_buffers()
-    args = build_arg_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides)
+    return run_command(build_arg_parser(), argv, _serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = model_overrides(args)
     if args.host is not None:
         overrides.append(f"serve.host={yaml_quote(args.host)}")
     if args.port is not None:
         overrides.append(f"serve.port={args.port}")
-    if args.model is not None:
-        overrides.append(f"parser.model={yaml_quote(args.model)}")
-    try:
-        config, settings = load_settings(args.config, overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    config, settings = load_settings(args.config, overrides)
     try:
         sock = bind(settings.host, settings.port)
     except OSError as exc:
