@@ -27,6 +27,7 @@ from streamer.core.errors import ConfigError
 from streamer.io.sources import SourceOptions
 from streamer.parsing.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.parsing.parser import ParserOptions
+from streamer.parsing.scheduler import SchedulerOptions
 from streamer.vision.detect import DETECTOR_TYPES, DetectorOptions
 from streamer.vision.render import OverlayStyle
 from streamer.vision.temporal import PROPAGATE_METHODS, STABILITY_MODES
@@ -99,6 +100,7 @@ class Config:
     parse: ParseConfig = field(default_factory=ParseConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -277,10 +277,12 @@ class Pipeline:
         velocities = {t.id: t.velocity.copy() for t in finder.tracker.tracks if t.missed == 0}
         return Detected(frame, persons, velocities)
 
-    def _parse(self, detected: Detected, memory: CropMemory) -> ParseResult:
+    def _parse(self, detected: Detected, memory: CropMemory,
+               parser: HumanParser | None = None) -> ParseResult:
         started = time.perf_counter()
         memory.tick()
-        result = self.parser.parse(detected.frame.image, detected.persons, memory=memory)
+        result = (parser or self.parser).parse(detected.frame.image, detected.persons,
+                                               memory=memory)
         self.metrics.add_stage("parse", time.perf_counter() - started)
         self.metrics.frames_parsed += 1
         self.metrics.crops_reused = memory.reused
@@ -494,7 +496,7 @@ class Pipeline:
         def parse_newest(frame: Frame) -> None:
             detected = (self._find(finder, frame) if finder is not None
                         else Detected(frame, None, {}))
-            item = Parsed(frame, self._parse(detected, memory), True,
+            item = Parsed(frame, self._parse(detected, memory, scheduler.current_parser()), True,
                           detected.velocities if detected.persons else {},
                           parse_capture=frame.capture_time)
             with self._latest_lock:
