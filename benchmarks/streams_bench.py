@@ -149,6 +149,7 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
             "overlay_age_ms": _percentiles(ages),
             "detect_parse_ms": round(float(np.median(parse)) + (
                 float(np.median(detect)) if detect else 0.0), 1) if parse else None,
+            "detect_ms": round(float(np.median(detect)), 1) if detect else None,
             "reconnects": p.source.stats.reconnects,
         }
     for p in pipelines.values():
