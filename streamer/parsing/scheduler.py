@@ -41,13 +41,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from streamer.core.errors import ConfigError
-from streamer.core.types import Frame
+from streamer.core.types import Box, Frame
 from streamer.io.buffers import LatestBuffer
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import Detector, DetectorOptions, make_detector
 
-__all__ = ["Lane", "ParseScheduler", "SchedulerOptions", "resolve_parallel"]
+__all__ = ["Lane", "ParseScheduler", "SchedulerOptions", "SerialDetector", "resolve_parallel"]
 
 log = logging.getLogger("streamer.scheduler")
 
@@ -157,6 +159,24 @@ class Lane(LatestBuffer):
         return self.parses / elapsed if elapsed > 0 else 0.0
 
 
+class SerialDetector:
+    """A detector model shared by parallel slots: one ``detect`` at a time (its infer request,
+    like most engines', serves one call at a time), while the slots' parses run side by side.
+
+    Example:
+        >>> shared = SerialDetector(make_detector(options))
+        >>> boxes = shared.detect(image)        # from any slot's thread
+    """
+
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        with self._lock:
+            return self.detector.detect(image)
+
+
 class ParseScheduler:
     """Runs detect + parse for every live stream in the process on one model and one thread.
 
@@ -225,12 +245,16 @@ class ParseScheduler:
             return list(self._lanes)
 
     def detector(self, options: DetectorOptions) -> Detector:
-        """The shared detector model for ``options``' kind, built on first use."""
+        """The shared detector model for ``options``' kind, built on first use (with parallel
+        slots, a :class:`SerialDetector`: the slots take turns to detect)."""
         key = (options.type, options.torchvision_model, options.torchvision_weights)
         with self._detector_lock:
             found = self._detectors.get(key)
             if found is None:
-                found = self._detectors[key] = make_detector(options)
+                found = make_detector(options)
+                if self.parallel > 1:
+                    found = SerialDetector(found)
+                self._detectors[key] = found
             return found
 
     # ----------------------------------------------------------------- running
