@@ -29,7 +29,7 @@ from streamer.core.errors import ConfigError
 from streamer.core.types import Frame, VideoInfo
 from streamer.io.segments import SegmentedVideoSink, list_segments
 from streamer.parsing.parser import HumanParser
-from streamer.parsing.scheduler import ParseScheduler, SchedulerOptions
+from streamer.parsing.scheduler import ParseScheduler, SchedulerOptions, SerialDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_rtsp = pytest.mark.skipif(rtsp_unavailable_reason() is not None,
@@ -118,7 +118,8 @@ def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, t
 
     torch_threads = torch.get_num_threads()  # the torch engine sets it for the process
     config = load_config(None, [f"parser.model='{tiny_single_model}'", "parser.engine=torch",
-                                "parser.threads=1", f"scheduler.parallel={parallel}"])
+                                "parser.threads=1", "detector.type=hog",
+                                f"scheduler.parallel={parallel}"])
     rng = np.random.default_rng(0)
     images = {name: rng.integers(0, 255, (64, 48, 3), np.uint8) for name in ("a", "b", "c")}
     results: dict[str, list[np.ndarray]] = {name: [] for name in images}
@@ -131,6 +132,8 @@ def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, t
         scheduler = run.scheduler
         assert len(scheduler.parsers) == parallel == HumanParser.built - built
         expected = {name: scheduler.parser.parse(image).labels for name, image in images.items()}
+        detector = scheduler.detector(config.detector)  # one model, the slots take turns
+        assert isinstance(detector, SerialDetector) == (parallel > 1)
 
         def work(name: str):
             def parse(frame: Frame) -> None:
@@ -139,6 +142,7 @@ def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, t
                 running.add(name)
                 parser = scheduler.current_parser()
                 used.add(id(parser))
+                detector.detect(frame.image)
                 results[name].append(parser.parse(frame.image).labels)
                 running.discard(name)
             return parse
