@@ -58,8 +58,9 @@ def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
     """The number of parse slots for ``parallel`` (``auto`` or a count) on ``cores`` cores.
 
     ``auto`` is one slot whose parser takes every core: see docs/live.md for the measurement
-    behind it (two 1-thread slots parse more in total only with several streams on a loaded
-    machine, and every single stream then waits twice as long for its parse).
+    behind it (two 1-thread slots parsed 1.4-3.4x as much in total with 4 streams on a loaded
+    2-core machine, but a single stream then waits about twice as long for its parse, and
+    every slot is one more network in memory).
 
     Example:
         >>> resolve_parallel("auto", 2), resolve_parallel(2, 2)
@@ -301,11 +302,6 @@ class ParseScheduler:
                     return lane, frame
                 self.condition.wait(1.0)
 
-    def _done(self, lane: Lane) -> None:
-        with self.condition:
-            lane.busy = False
-            self.condition.notify_all()  # its next frame may go to another slot now
-
     def _run(self, slot: int) -> None:
         self._local.parser = self.parsers[slot]
         while (picked := self._next()) is not None:
@@ -314,7 +310,8 @@ class ParseScheduler:
             try:
                 lane.work(frame)
             except BaseException as exc:  # one stream's failure ends that stream alone
-                self._done(lane)
+                with self.condition:
+                    lane.busy = False
                 log.warning("stream %s: parsing failed: %s", lane.name, exc)
                 lane.error = exc
                 self.remove(lane)
@@ -331,7 +328,8 @@ class ParseScheduler:
                 lane.last_capture = frame.capture_time
                 self.parses += 1
                 self.busy_seconds += spent
-            self._done(lane)
+                lane.busy = False
+                self.condition.notify_all()  # its next frame may go to another slot now
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per lane: parses, parse fps, mean seconds per parse, frames replaced unparsed."""
