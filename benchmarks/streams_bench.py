@@ -132,9 +132,13 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
                     "ages": len(p.metrics.overlay_age), "parse": len(p.metrics.stages["parse"]),
                     "detect": len(p.metrics.stages["detect"])} for n, p in pipelines.items()}
 
+    busy0 = run.scheduler.busy_seconds if run is not None else 0.0
     t0, before = time.monotonic(), snap()
     time.sleep(seconds)
     t1, after = time.monotonic(), snap()
+    # The share of the window the scheduler's slots spent in detect + parse: 1.0 = no idle gap.
+    busy = (round((run.scheduler.busy_seconds - busy0) / ((t1 - t0) * run.scheduler.parallel), 3)
+            if run is not None else None)
     dt = t1 - t0
     streams = {}
     for name, p in pipelines.items():
@@ -164,6 +168,7 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
             "parse_slots": len(run.scheduler.parsers) if run is not None else len(urls),
             "peak_rss_mb": vm_hwm_mb(), "streams": streams,
             "total_parse_fps": round(sum(s["parse_fps"] for s in streams.values()), 3),
+            "scheduler_busy": busy,
             "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
