@@ -1,11 +1,14 @@
 """Many cameras, one model: N live RTSP streams through the parse scheduler vs separate pipelines.
 
-For each N (``--streams 1,2,4``) the same N RTSP streams (a real clip from
+For each N (``--streams 1,2,4,8``) the same N RTSP streams (a real clip from
 ../shared/media/videos served as-is and looped at its own fps by tests/rtsp_server.py, one
 server per stream) run in a fresh child process, once per mode:
 
 - ``scheduler``: ``run_stream.py --config cams.yaml --output-dir DIR``'s way: one
-  :class:`~streamer.apps.streams.StreamsRun`, one parser, one detect+parse thread for all;
+  :class:`~streamer.apps.streams.StreamsRun`, one parser, one detect+parse thread for all
+  (``scheduler.parallel`` as configured: ``auto`` unless ``--set`` says otherwise);
+- ``scheduler-pK`` (e.g. ``scheduler-p2``): the same with ``scheduler.parallel=K``: K parse
+  slots, each a thread with its own parser on cores/K threads;
 - ``separate``: today's design (what ``serve`` does per stream): one
   :class:`~streamer.pipeline.Pipeline` per stream, each building its own parser whose engine
   takes all the cores' threads.
@@ -19,6 +22,8 @@ marked met or not.
 
     python benchmarks/streams_bench.py --json streams.json                # full-size model
     python benchmarks/streams_bench.py --json s.json --model tiny --seconds 5 --streams 1,2
+    python benchmarks/streams_bench.py --json p.json --modes scheduler-p1,scheduler-p2 \
+        --streams 1,2,4 --seconds 30                                      # item 1's choice
 
 The default model is /tmp/bench_model_streams (full-size R101, random weights; made with
 ``python -m streamer.testing.make_model DIR --variant single`` when missing). Random weights
@@ -47,6 +52,15 @@ sys.path.insert(0, str(ROOT))
 MEDIA = ROOT.parent / "shared" / "media" / "videos"
 FULL_MODEL = Path("/tmp/bench_model_streams")
 MODES = ("scheduler", "separate")
+
+
+def mode_sets(mode: str) -> list[str]:
+    """Config overrides a mode name brings: ``scheduler-p2`` -> scheduler.parallel=2."""
+    if mode in MODES:
+        return []
+    if mode.startswith("scheduler-p") and mode[len("scheduler-p"):].isdigit():
+        return [f"scheduler.parallel={int(mode[len('scheduler-p'):])}"]
+    raise SystemExit(f"error: unknown mode {mode!r} (scheduler, separate or scheduler-pK)")
 
 
 def vm_hwm_mb() -> float:
@@ -94,7 +108,7 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
     started = time.monotonic()
     run = None
     threads: list[threading.Thread] = []
-    if mode == "scheduler":
+    if mode.startswith("scheduler"):
         run = StreamsRun(config("base"), out)
         for name, url in zip(names, urls, strict=True):
             run.add(SourceSpec(url, config(name), name))
@@ -118,9 +132,13 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
                     "ages": len(p.metrics.overlay_age), "parse": len(p.metrics.stages["parse"]),
                     "detect": len(p.metrics.stages["detect"])} for n, p in pipelines.items()}
 
+    busy0 = run.scheduler.busy_seconds if run is not None else 0.0
     t0, before = time.monotonic(), snap()
     time.sleep(seconds)
     t1, after = time.monotonic(), snap()
+    # The share of the window the scheduler's slots spent in detect + parse: 1.0 = no idle gap.
+    busy = (round((run.scheduler.busy_seconds - busy0) / ((t1 - t0) * run.scheduler.parallel), 3)
+            if run is not None else None)
     dt = t1 - t0
     streams = {}
     for name, p in pipelines.items():
@@ -135,6 +153,7 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
             "overlay_age_ms": _percentiles(ages),
             "detect_parse_ms": round(float(np.median(parse)) + (
                 float(np.median(detect)) if detect else 0.0), 1) if parse else None,
+            "detect_ms": round(float(np.median(detect)), 1) if detect else None,
             "reconnects": p.source.stats.reconnects,
         }
     for p in pipelines.values():
@@ -146,8 +165,10 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
         thread.join(60)
     return {"mode": mode, "n": len(urls), "seconds": round(dt, 2), "warmup_s": round(warm, 1),
             "parsers_built": HumanParser.built, "engines_built": HumanParser.engines_built,
+            "parse_slots": len(run.scheduler.parsers) if run is not None else len(urls),
             "peak_rss_mb": vm_hwm_mb(), "streams": streams,
             "total_parse_fps": round(sum(s["parse_fps"] for s in streams.values()), 3),
+            "scheduler_busy": busy,
             "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -196,18 +217,19 @@ def goals(results: dict[str, dict[int, dict]]) -> list[dict]:
 
 
 def table(results: dict[str, dict[int, dict]]) -> str:
-    head = (f"{'mode':<10}{'N':>3}{'parse/s':>9}{'min/s':>7}{'max/s':>7}{'fair':>6}"
+    head = (f"{'mode':<13}{'N':>3}{'parse/s':>9}{'min/s':>7}{'max/s':>7}{'fair':>6}"
             f"{'age p50':>9}{'age p95':>9}{'d+p ms':>8}{'shown/src':>10}{'RSS MB':>8}"
-            f"{'nets':>5}")
+            f"{'nets':>5}{'load':>6}")
     lines = [head]
     for mode, rows in results.items():
         for n in sorted(rows):
             r = rows[n]
             lines.append(
-                f"{mode:<10}{n:>3}{r['total_parse_fps']:>9.2f}{r['min_parse_fps']:>7.2f}"
+                f"{mode:<13}{n:>3}{r['total_parse_fps']:>9.2f}{r['min_parse_fps']:>7.2f}"
                 f"{r['max_parse_fps']:>7.2f}{r['fairness']:>6.2f}{r['age_p50_ms']:>9.0f}"
                 f"{r['age_p95_ms']:>9.0f}{(r['detect_parse_ms'] or 0):>8.0f}"
-                f"{r['min_shown_ratio']:>10.2f}{r['peak_rss_mb']:>8.0f}{r['engines_built']:>5}")
+                f"{r['min_shown_ratio']:>10.2f}{r['peak_rss_mb']:>8.0f}{r['engines_built']:>5}"
+                f"{r['load_after'][0]:>6.1f}")
     return "\n".join(lines)
 
 
@@ -215,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="write the results here")
     ap.add_argument("--model", default=str(FULL_MODEL), help="model directory, or 'tiny'")
-    ap.add_argument("--streams", default="1,2,4", help="comma-separated N (default 1,2,4)")
+    ap.add_argument("--streams", default="1,2,4,8",
+                    help="comma-separated N (default 1,2,4,8)")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds per run")
     ap.add_argument("--clip", default="chaplin_bw.mp4", help="clip in ../shared/media/videos")
-    ap.add_argument("--modes", default=",".join(MODES), help="scheduler,separate")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="scheduler,separate (default) and/or scheduler-pK (K parse slots)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config overrides for every stream (e.g. detector.type=full)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -228,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         mode, out, *urls = args.child
         # Every parse a real one: a still scene would otherwise keep its crop's last parse
         # (parse.reuse_threshold) at 1 ms, and count as a parse.
-        sets = [f"parser.model='{model}'", "parse.reuse_threshold=0", *args.sets]
+        sets = [f"parser.model='{model}'", "parse.reuse_threshold=0", *args.sets,
+                *mode_sets(mode)]
         print("RESULT " + json.dumps(child(mode, urls, args.seconds, sets, Path(out))),
               flush=True)
         sys.stderr.flush()
@@ -255,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = sorted({int(x) for x in args.streams.split(",")})
     modes = [m for m in args.modes.split(",") if m]
+    for mode in modes:
+        mode_sets(mode)  # an unknown mode is an error now, not after the first runs
     servers = [RtspServer(clip, loop=True).start() for _ in range(max(counts))]
     results: dict[str, dict[int, dict]] = {m: {} for m in modes}
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -289,10 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(table(results))
     for g in checked:
-        print(f"{'met    ' if g['met'] else 'NOT met'}  {g['mode']:<10} N={g['n']}  "
+        print(f"{'met    ' if g['met'] else 'NOT met'}  {g['mode']:<13} N={g['n']}  "
               f"{g['goal']}: {g['value']}")
     print(f"CPU {report['cpu']}; load average {load_before} before, {report['load_after']} "
-          "after")
+          "after (load column: 1-min load average at the end of each row; the machine is "
+          "shared)")
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

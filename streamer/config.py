@@ -28,6 +28,7 @@ from streamer.io.sinks import check_publish_url, url_scheme
 from streamer.io.sources import SourceOptions
 from streamer.parsing.engines import ENGINES, PERF_HINTS, PRECISIONS
 from streamer.parsing.parser import ParserOptions
+from streamer.parsing.scheduler import SchedulerOptions
 from streamer.vision.detect import DETECTOR_TYPES, DetectorOptions
 from streamer.vision.detector_models import DETECTOR_ENGINES
 from streamer.vision.render import OverlayStyle
@@ -109,6 +110,7 @@ class Config:
     parse: ParseConfig = field(default_factory=ParseConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
 
     def __post_init__(self) -> None:
         # The detectors run on the parser's engine: ``detector.engine: auto`` follows a parser

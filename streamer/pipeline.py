@@ -420,7 +420,8 @@ class Pipeline:
 
         def parse_newest(frame: Frame) -> None:
             detected = find_people(finder, frame, self.metrics)
-            item = Parsed(frame, parse_detected(self.parser, detected, memory, self.metrics), True,
+            item = Parsed(frame, parse_detected(scheduler.current_parser(), detected, memory,
+                                                self.metrics), True,
                           detected.velocities if detected.persons else {},
                           parse_capture=frame.capture_time)
             with self._latest_lock:

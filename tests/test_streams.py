@@ -6,12 +6,14 @@ random-weight model, real threads, real files read back with PyAV.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,10 +25,11 @@ from media_helpers import RtspServer, make_clip, rtsp_unavailable_reason
 from streamer.apps.inputs import SourceSpec
 from streamer.apps.streams import StreamsRun, format_streams_table
 from streamer.config import load_config
+from streamer.core.errors import ConfigError
 from streamer.core.types import Frame, VideoInfo
 from streamer.io.segments import SegmentedVideoSink, list_segments
 from streamer.parsing.parser import HumanParser
-from streamer.parsing.scheduler import ParseScheduler
+from streamer.parsing.scheduler import ParseScheduler, SchedulerOptions, SerialDetector
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_rtsp = pytest.mark.skipif(rtsp_unavailable_reason() is not None,
@@ -43,6 +46,22 @@ def stream_config(model: Path, *extra: str):
         f"parser.model='{model}'", "parser.engine=torch", "detector.type=full",
         "source.open_timeout_s=2", "source.read_timeout_s=2", "source.reconnect_base_s=0.2",
         "source.reconnect_cap_s=0.5", "source.reconnect_max_attempts=40", *extra])
+
+
+@contextlib.contextmanager
+def streams_on_servers(clip: Path, config, out: Path,
+                       names: list[str]) -> Iterator[tuple[StreamsRun, list[RtspServer]]]:
+    """A looping RTSP server per name, each served as that stream of one StreamsRun; the
+    servers are killed afterwards whatever happened."""
+    servers = [RtspServer(clip, loop=True).start() for _ in names]
+    try:
+        run = StreamsRun(config, out)
+        for name, server in zip(names, servers, strict=True):
+            run.add(SourceSpec(server.url, config, name))
+        yield run, servers
+    finally:
+        for server in servers:
+            server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -92,23 +111,75 @@ def test_scheduler_weighs_priority_skips_stalled_and_isolates_failures(tiny_sing
     assert 2.0 < n_high / n_low < 4.5  # age x priority: about three parses to one
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, tmp_path,
+                                                            parallel):
+    import torch
+
+    torch_threads = torch.get_num_threads()  # the torch engine sets it for the process
+    config = load_config(None, [f"parser.model='{tiny_single_model}'", "parser.engine=torch",
+                                "parser.threads=1", "detector.type=hog",
+                                f"scheduler.parallel={parallel}"])
+    rng = np.random.default_rng(0)
+    images = {name: rng.integers(0, 255, (64, 48, 3), np.uint8) for name in ("a", "b", "c")}
+    results: dict[str, list[np.ndarray]] = {name: [] for name in images}
+    running: set[str] = set()
+    overlapped: list[str] = []
+    used: set[int] = set()
+    try:
+        built = HumanParser.built
+        run = StreamsRun(config, tmp_path)  # what --output-dir builds for this config
+        scheduler = run.scheduler
+        assert len(scheduler.parsers) == parallel == HumanParser.built - built
+        expected = {name: scheduler.parser.parse(image).labels for name, image in images.items()}
+        detector = scheduler.detector(config.detector)  # one model, the slots take turns
+        assert isinstance(detector, SerialDetector) == (parallel > 1)
+
+        def work(name: str):
+            def parse(frame: Frame) -> None:
+                if name in running:
+                    overlapped.append(name)
+                running.add(name)
+                parser = scheduler.current_parser()
+                used.add(id(parser))
+                detector.detect(frame.image)
+                results[name].append(parser.parse(frame.image).labels)
+                running.discard(name)
+            return parse
+
+        lanes = {name: scheduler.add(name, work(name)) for name in images}
+        deadline, i = time.monotonic() + 20, 0
+        while min(len(r) for r in results.values()) < 2 and time.monotonic() < deadline:
+            for name, lane in lanes.items():
+                lane.put(Frame(i, images[name], i / 25, time.monotonic()))
+            i += 1
+            time.sleep(0.005)
+        run.wait(timeout=30)
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert len(used) == parallel  # every slot parsed, each on its own parser
+    assert not overlapped  # a lane's tracker and crop memory are never used by two slots
+    for name, maps in results.items():  # each lane got the parse of its own frames
+        assert len(maps) >= 2 and all(np.array_equal(m, expected[name]) for m in maps)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1.5"])
+def test_bad_scheduler_parallel_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="scheduler.parallel"):
+        load_config(None, [f"scheduler.parallel={value}"])
+    assert SchedulerOptions().slots(cores=2) >= 1
+
+
 # ------------------------------------------------------------------ real streams, one process
 @needs_rtsp
 def test_three_streams_share_one_parser_and_each_records(clip, tiny_single_model, tmp_path):
     config = stream_config(tiny_single_model)
-    servers = [RtspServer(clip, loop=True).start() for _ in range(3)]
-    try:
-        built, engines = HumanParser.built, HumanParser.engines_built
-        run = StreamsRun(config, tmp_path)
-        for i, server in enumerate(servers):
-            run.add(SourceSpec(server.url, config, f"cam{i}"))
+    built, engines = HumanParser.built, HumanParser.engines_built
+    with streams_on_servers(clip, config, tmp_path, ["cam0", "cam1", "cam2"]) as (run, _):
         pipelines = [run.pipeline(f"cam{i}") for i in range(3)]
         time.sleep(4)
         run.stop()
         report = run.wait(timeout=30)
-    finally:
-        for server in servers:
-            server.kill()
     # What was constructed, not a flag: one parser, one compiled network, one object for all.
     assert HumanParser.built - built == 1 and HumanParser.engines_built - engines == 1
     assert all(p.parser is run.parser is run.scheduler.parser for p in pipelines)
@@ -132,11 +203,8 @@ def test_three_streams_share_one_parser_and_each_records(clip, tiny_single_model
 def test_killed_server_reconnects_while_the_others_keep_going(clip, tiny_single_model,
                                                               tmp_path):
     config = stream_config(tiny_single_model)
-    servers = [RtspServer(clip, loop=True).start() for _ in range(3)]
-    try:
-        run = StreamsRun(config, tmp_path)
-        for i, server in enumerate(servers):
-            run.add(SourceSpec(server.url, config, f"cam{i}"))
+    with streams_on_servers(clip, config, tmp_path, ["cam0", "cam1", "cam2"]) as (run,
+                                                                                 servers):
         time.sleep(2)
         servers[0].kill()
         before = {n: run.pipeline(n).metrics.frames_parsed for n in ("cam1", "cam2")}
@@ -152,9 +220,6 @@ def test_killed_server_reconnects_while_the_others_keep_going(clip, tiny_single_
         time.sleep(1.5)
         run.stop()
         report = run.wait(timeout=30)
-    finally:
-        for server in servers:
-            server.kill()
     rows = report["streams"]
     assert rows["cam0"]["reconnects"] == 1 and rows["cam0"]["error"] is None
     assert rows["cam0"]["gap_seconds"] > 1.5
@@ -336,7 +401,6 @@ def test_single_live_run_reports_overlay_age(tmp_path, tiny_single_model, clip):
 
 
 def test_scheduler_refuses_a_file_that_is_not_live(tmp_path, tiny_single_model, clip):
-    from streamer.core.errors import ConfigError
     from streamer.pipeline import Pipeline
 
     config = stream_config(tiny_single_model)
@@ -351,7 +415,6 @@ def test_scheduler_refuses_a_file_that_is_not_live(tmp_path, tiny_single_model, 
 def test_bad_priority_and_missing_config_are_one_line_errors(tmp_path, capsys):
     from streamer.apps.cli import main
     from streamer.apps.inputs import load_sources
-    from streamer.core.errors import ConfigError
 
     cams = tmp_path / "cams.yaml"
     cams.write_text("sources:\n  - {uri: 'rtsp://127.0.0.1:1/a', priority: 0}\n")
@@ -374,11 +437,7 @@ def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny
                                                                       tmp_path):
     bigger = make_clip(tmp_path / "bigger.mp4", frames=50, size=(320, 240), fps=25)
     config = stream_config(tiny_single_model)
-    servers = [RtspServer(clip, loop=True).start() for _ in range(2)]
-    try:
-        run = StreamsRun(config, tmp_path)
-        run.add(SourceSpec(servers[0].url, config, "changes"))
-        run.add(SourceSpec(servers[1].url, config, "steady"))
+    with streams_on_servers(clip, config, tmp_path, ["changes", "steady"]) as (run, servers):
         time.sleep(1.5)
         written, since = run.pipeline("steady").metrics.frames_written, time.monotonic()
         servers[0].kill()
@@ -396,9 +455,6 @@ def test_stream_changing_resolution_is_parsed_again_and_blocks_nobody(clip, tiny
         steady_fps = steady_grew / (time.monotonic() - since)
         run.stop()
         report = run.wait(timeout=30)
-    finally:
-        for server in servers:
-            server.kill()
     rows = report["streams"]
     assert rows["changes"]["reconnects"] == 1 and rows["changes"]["error"] is None
     # The other camera went on being written (its source runs at 25 fps; a loaded 2-core

@@ -55,8 +55,10 @@ class _Running:
 class StreamsRun:
     """Live streams run side by side through one shared parse scheduler.
 
-    ``base`` supplies the ``parser`` section (one model for all); each added stream brings its
-    own configuration. :meth:`add` and :meth:`remove` work while others run.
+    ``base`` supplies the ``parser`` section (one model for all) and the ``scheduler`` section
+    (``scheduler.parallel`` parse slots, each with its own parser and its share of the cores);
+    each added stream brings its own configuration. :meth:`add` and :meth:`remove` work while
+    others run.
 
     Example:
         >>> run = StreamsRun(base, "out")
@@ -69,8 +71,13 @@ class StreamsRun:
                  parser: HumanParser | None = None) -> None:
         self.base = base
         self.output_dir = Path(output_dir)
-        self.parser = parser if parser is not None else HumanParser(base.parser)
-        self.scheduler = ParseScheduler(self.parser).start()
+        slots = base.scheduler.slots()
+        options = base.parser
+        if slots > 1 and not options.threads:  # "all cores" shared out between the slots
+            options = dataclasses.replace(options, threads=base.scheduler.slot_threads())
+        self.parser = parser if parser is not None else HumanParser(options)
+        self.scheduler = ParseScheduler(
+            self.parser, parallel=slots, make_parser=lambda: HumanParser(options)).start()
         self.started = time.monotonic()
         self._streams: dict[str, _Running] = {}
         self._lock = threading.Lock()
@@ -86,6 +93,9 @@ class StreamsRun:
         if spec.config.parser != self.base.parser:
             raise ConfigError(f"stream {name} sets parser: all streams share one model",
                               hint="set parser: at the top level of the config")
+        if spec.config.scheduler != self.base.scheduler:
+            raise ConfigError(f"stream {name} sets scheduler: all streams share one scheduler",
+                              hint="set scheduler: at the top level of the config")
         with self._lock:
             if self._stopping:
                 raise ConfigError(f"cannot add stream {name}: the run is stopping")

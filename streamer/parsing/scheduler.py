@@ -14,6 +14,13 @@ reconnects or dies has no frame in its slot and is simply not picked, so it neve
 others; its ``work`` raising an error ends that lane alone. Lanes can be added and removed at
 any time.
 
+Parallel slots (``parallel=k``, config ``scheduler.parallel``): k worker threads, each with
+its own parser (slot 0 the one given, the others built alike with their share of the cores),
+parse k lanes at once; a lane is never parsed by two slots at once, since its tracker and crop
+memory are its own. Work running in a slot reaches that slot's parser through
+:meth:`ParseScheduler.current_parser`. Measured in docs/live.md: which pays depends on the
+number of streams and on the load; ``auto`` follows :func:`resolve_parallel`.
+
 Example:
     >>> scheduler = ParseScheduler(HumanParser(config.parser)).start()
     >>> a = Pipeline(config_a, scheduler=scheduler)   # both share scheduler.parser
@@ -24,21 +31,77 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from streamer.core.types import Frame
+import numpy as np
+
+from streamer.core.errors import ConfigError
+from streamer.core.types import Box, Frame
 from streamer.io.buffers import LatestBuffer
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import Detector, DetectorOptions, make_detector
 
-__all__ = ["Lane", "ParseScheduler"]
+__all__ = ["Lane", "ParseScheduler", "SchedulerOptions", "SerialDetector", "resolve_parallel"]
 
 log = logging.getLogger("streamer.scheduler")
+
+
+def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
+    """The number of parse slots for ``parallel`` (``auto`` or a count) on ``cores`` cores.
+
+    ``auto`` is one slot whose parser takes every core: see docs/live.md for the measurement
+    behind it (two 1-thread slots parsed 1.4-3.4x as much in total with 4 streams on a loaded
+    2-core machine, but a single stream then waits about twice as long for its parse, and
+    every slot is one more network in memory).
+
+    Example:
+        >>> resolve_parallel("auto", 2), resolve_parallel(2, 2)
+        (1, 2)
+    """
+    if parallel == "auto":
+        return 1
+    count = int(parallel)
+    if count < 1:
+        raise ConfigError(f"scheduler.parallel must be auto or at least 1, not {parallel!r}")
+    return count
+
+
+@dataclass
+class SchedulerOptions:
+    """How the shared parse scheduler runs (config section ``scheduler``).
+
+    ``parallel``: parse slots, each a worker thread with its own parser using cores/slots
+    threads: ``auto`` (see :func:`resolve_parallel`) or a count >= 1.
+
+    Example:
+        >>> SchedulerOptions(parallel=2).slots(cores=2)
+        2
+    """
+
+    parallel: int | str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.parallel, bool) or not (
+                self.parallel == "auto" or (isinstance(self.parallel, int) and self.parallel >= 1)):
+            raise ConfigError(f"scheduler.parallel must be auto or a whole number >= 1, not "
+                              f"{self.parallel!r}", hint="e.g. --set scheduler.parallel=2")
+
+    def slots(self, cores: int | None = None) -> int:
+        """The number of parse slots on ``cores`` cores (default: this machine's)."""
+        return resolve_parallel(self.parallel, cores)
+
+    def slot_threads(self, cores: int | None = None) -> int:
+        """Threads for each slot's parser: the cores shared out, at least one."""
+        cores = cores or os.cpu_count() or 1
+        return max(1, cores // self.slots(cores))
 
 
 class Lane(LatestBuffer):
@@ -69,6 +132,7 @@ class Lane(LatestBuffer):
         self.on_error = on_error
         self.added = time.monotonic()
         self.order = 0
+        self.busy = False  # a slot is parsing this lane's frame (condition held to change)
         self.parses = 0
         self.parse_seconds = 0.0
         self.last_capture: float | None = None  # capture time of the frame last parsed
@@ -77,7 +141,7 @@ class Lane(LatestBuffer):
     @property
     def pending(self) -> bool:
         """Whether a frame waits to be parsed (call with the scheduler's condition held)."""
-        return bool(self._items) and not self._closed
+        return bool(self._items) and not self._closed and not self.busy
 
     def take(self) -> Frame | None:
         """The waiting frame, if any (call with the scheduler's condition held)."""
@@ -96,12 +160,32 @@ class Lane(LatestBuffer):
         return self.parses / elapsed if elapsed > 0 else 0.0
 
 
+class SerialDetector:
+    """A detector model shared by parallel slots: one ``detect`` at a time (its infer request,
+    like most engines', serves one call at a time), while the slots' parses run side by side.
+
+    Example:
+        >>> shared = SerialDetector(make_detector(options))
+        >>> boxes = shared.detect(image)        # from any slot's thread
+    """
+
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+        self._lock = threading.Lock()
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        with self._lock:
+            return self.detector.detect(image)
+
+
 class ParseScheduler:
     """Runs detect + parse for every live stream in the process on one model and one thread.
 
     ``parser`` is the one loaded network every stream shares (:attr:`parser`); detector models
     are shared too, one per kind (:meth:`detector`), while each stream keeps its own tracker.
-    Use as a context manager, or :meth:`start` / :meth:`stop`.
+    Use as a context manager, or :meth:`start` / :meth:`stop`. With ``parallel`` > 1 there are
+    that many slots, each a thread with its own parser (:attr:`parsers`; slot 0 is ``parser``,
+    the others come from ``make_parser`` or are built with ``parser``'s options).
 
     Example:
         >>> with ParseScheduler(parser) as scheduler:
@@ -109,17 +193,31 @@ class ParseScheduler:
         ...     lane.put(frame)
         >>> scheduler.stats()["cam1"]["parses"]
         1
+        >>> ParseScheduler(parser, parallel=2).parsers[1].threads   # on 2 cores
+        1
     """
 
-    def __init__(self, parser: HumanParser, *, name: str = "streamer-scheduler") -> None:
+    def __init__(self, parser: HumanParser, *, name: str = "streamer-scheduler",
+                 parallel: int | str = 1,
+                 make_parser: Callable[[], HumanParser] | None = None) -> None:
         self.parser = parser
+        self.parallel = resolve_parallel(parallel)
+        if make_parser is None:
+            options = dataclasses.replace(
+                parser.options, threads=SchedulerOptions(self.parallel).slot_threads())
+            make_parser = lambda: HumanParser(options)  # noqa: E731
+        #: One parser per slot; built now, so no stream waits for a network to load.
+        self.parsers = [parser] + [make_parser() for _ in range(self.parallel - 1)]
+        self._local = threading.local()
         self.condition = threading.Condition()
         self._lanes: list[Lane] = []
         self._detectors: dict[tuple[str, str, str], Detector] = {}
         self._detector_lock = threading.Lock()
         self._stop = False
         self._order = itertools.count()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(slot,), daemon=True,
+                                          name=name if slot == 0 else f"{name}-{slot}")
+                         for slot in range(self.parallel)]
         self.parses = 0
         self.busy_seconds = 0.0
         self.started = time.monotonic()
@@ -148,28 +246,39 @@ class ParseScheduler:
             return list(self._lanes)
 
     def detector(self, options: DetectorOptions) -> Detector:
-        """The shared detector model for ``options``' kind, built on first use."""
+        """The shared detector model for ``options``' kind, built on first use (with parallel
+        slots, a :class:`SerialDetector`: the slots take turns to detect)."""
         key = (options.type, options.torchvision_model, options.torchvision_weights)
         with self._detector_lock:
             found = self._detectors.get(key)
             if found is None:
-                found = self._detectors[key] = make_detector(options)
+                found = make_detector(options)
+                if self.parallel > 1:
+                    found = SerialDetector(found)
+                self._detectors[key] = found
             return found
 
     # ----------------------------------------------------------------- running
     def start(self) -> ParseScheduler:
-        """Start the worker thread (once)."""
-        if self._thread.ident is None:
-            self._thread.start()
+        """Start the worker threads (once)."""
+        for thread in self._threads:
+            if thread.ident is None:
+                thread.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the worker after the parse it is running."""
+        """Stop the workers after the parses they are running."""
         with self.condition:
             self._stop = True
             self.condition.notify_all()
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.ident is not None:
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def current_parser(self) -> HumanParser:
+        """The parser of the slot running the calling thread's work (``parser`` elsewhere)."""
+        return getattr(self._local, "parser", self.parser)
 
     def __enter__(self) -> ParseScheduler:
         return self.start()
@@ -189,16 +298,20 @@ class ParseScheduler:
                     lane = max(ready, key=lambda la: (la.urgency(now), -la.order))
                     frame = lane.take()
                     assert frame is not None
+                    lane.busy = True
                     return lane, frame
                 self.condition.wait(1.0)
 
-    def _run(self) -> None:
+    def _run(self, slot: int) -> None:
+        self._local.parser = self.parsers[slot]
         while (picked := self._next()) is not None:
             lane, frame = picked
             started = time.perf_counter()
             try:
                 lane.work(frame)
             except BaseException as exc:  # one stream's failure ends that stream alone
+                with self.condition:
+                    lane.busy = False
                 log.warning("stream %s: parsing failed: %s", lane.name, exc)
                 lane.error = exc
                 self.remove(lane)
@@ -209,11 +322,14 @@ class ParseScheduler:
                         log.exception("stream %s: error handler failed", lane.name)
                 continue
             spent = time.perf_counter() - started
-            lane.parses += 1
-            lane.parse_seconds += spent
-            lane.last_capture = frame.capture_time
-            self.parses += 1
-            self.busy_seconds += spent
+            with self.condition:
+                lane.parses += 1
+                lane.parse_seconds += spent
+                lane.last_capture = frame.capture_time
+                self.parses += 1
+                self.busy_seconds += spent
+                lane.busy = False
+                self.condition.notify_all()  # its next frame may go to another slot now
 
     def stats(self) -> dict[str, dict[str, float]]:
         """Per lane: parses, parse fps, mean seconds per parse, frames replaced unparsed."""
