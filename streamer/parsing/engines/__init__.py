@@ -1,7 +1,7 @@
 """Inference engines for the M2FP network on a fixed canvas.
 
 Each engine maps a float32 batch ``(N, 3, H, W)`` of RGB pixel values (0..255) on one fixed
-canvas to ``(pred_logits, pred_masks)`` as torch tensors. Fixing the canvas is what makes
+canvas to ``(pred_logits, pred_masks)`` as float32 numpy arrays. Fixing the canvas is what makes
 tracing and export valid. Compiled artefacts are cached on disk under a key made of the
 checkpoint's hash, the canvas, the torch version and the engine options.
 
@@ -19,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamer.parsing.engines.base import (
     AGREEMENT_GATE,
@@ -45,9 +47,9 @@ from streamer.parsing.engines.cache import (
     map_read_only,
     onnx_model,
     release_pages,
+    torch_version,
     written_through,
 )
-from streamer.parsing.engines.export import ONNX_PARTS, export_onnx
 from streamer.parsing.engines.onnxruntime_engine import OnnxRuntimeEngine
 from streamer.parsing.engines.openvino_engine import (
     BF16_PARTS,
@@ -56,8 +58,26 @@ from streamer.parsing.engines.openvino_engine import (
     OpenVinoEngine,
     cpu_has_bf16,
 )
-from streamer.parsing.engines.torch_engine import TorchEngine
-from streamer.parsing.engines.torchscript_engine import TorchScriptEngine
+
+if TYPE_CHECKING:
+    from streamer.parsing.engines.export import ONNX_PARTS, export_onnx
+    from streamer.parsing.engines.torch_engine import TorchEngine
+    from streamer.parsing.engines.torchscript_engine import TorchScriptEngine
+
+#: Names that need torch, imported from their module on first use (PEP 562): importing this
+#: package, and running a compiled engine from the cache, never imports torch.
+_NEEDS_TORCH = {
+    "ONNX_PARTS": "export", "export_onnx": "export", "TorchEngine": "torch_engine",
+    "TorchScriptEngine": "torchscript_engine",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _NEEDS_TORCH.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "AGREEMENT_GATE", "BF16_PARTS", "ENGINES", "ENGINE_PRECISIONS", "ISA_CAPS_WITHOUT_BF16",
@@ -66,7 +86,7 @@ __all__ = [
     "building", "cache_key", "calibration_record", "check_engine_options", "code_fingerprint",
     "cpu_has_bf16", "create_engine", "default_cache_dir", "export_onnx", "file_digest",
     "int8_model", "int8_model_path", "map_read_only", "materialise", "onnx_model",
-    "release_pages", "written_through",
+    "release_pages", "torch_version", "written_through",
 ]
 
 
@@ -89,8 +109,12 @@ def create_engine(
     check_engine_options(name, precision, perf_hint)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if name == "torch":
+        from streamer.parsing.engines.torch_engine import TorchEngine
+
         return TorchEngine(net, canvas_hw, threads)
     if name == "torchscript":
+        from streamer.parsing.engines.torchscript_engine import TorchScriptEngine
+
         return TorchScriptEngine(net, canvas_hw, threads, checkpoint, cache)
     if name == "onnxruntime":
         return OnnxRuntimeEngine(net, canvas_hw, threads, checkpoint, cache, precision)

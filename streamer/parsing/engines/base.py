@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 import numpy as np
-import torch
 
 from streamer.core.errors import ConfigError
-from streamer.m2fp.model import M2FP
+
+if TYPE_CHECKING:  # the network (and torch) are imported only where one is built or run
+    from streamer.m2fp.model import M2FP
 
 log = logging.getLogger("streamer.engines")
 #: One-line notices of slow one-off steps (export, compile) that a user should see: the CLI
@@ -37,19 +38,26 @@ ONNX_OPSET = 17
 AGREEMENT_GATE = 0.995
 
 
-NetSource = M2FP | Callable[[], M2FP]
+NetSource: TypeAlias = "M2FP | Callable[[], M2FP]"
 """The network, or a function that loads it: engines found in the cache never call it."""
 
 
 def materialise(net: NetSource) -> M2FP:
+    """The network itself: ``net``, or what calling it loads."""
+    from streamer.m2fp.model import M2FP
+
     return net if isinstance(net, M2FP) else net()
 
 
 class Engine(Protocol):
+    """Maps a float32 batch ``(N, 3, H, W)`` (RGB, 0..255) on ``canvas_hw`` to float32
+    ``(pred_logits, pred_masks)`` arrays: numpy from every engine, so that the run path after a
+    compiled engine needs no torch (the torch engines hand over their tensors' memory)."""
+
     name: str
     canvas_hw: tuple[int, int]
 
-    def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 

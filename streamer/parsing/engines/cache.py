@@ -12,16 +12,19 @@ import ctypes
 import fcntl
 import functools
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import mmap
 import os
+import re
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from streamer.core.errors import ConfigError
 from streamer.parsing.engines.base import AGREEMENT_GATE, ONNX_OPSET, NetSource, log, notice
@@ -100,6 +103,30 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
+@functools.cache
+def torch_version() -> str:
+    """``torch.__version__`` (``2.14.1+cu130``), read without importing torch when it is not
+    loaded yet: a cache key must not cost the ~0.5 GB import on a run that needs no torch.
+
+    Example:
+        >>> torch_version()
+        '2.14.1+cu130'
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.__version__)
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            text = (Path(folder) / "version.py").read_text()
+        except OSError:
+            continue
+        found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        if found:
+            return found.group(1)
+    return importlib.metadata.version("torch")
+
+
 def cache_key(checkpoint: Path, canvas_hw: tuple[int, int], engine: str, **options) -> str:
     stat = checkpoint.stat()
     memo = default_cache_dir() / "digests" / (
@@ -112,7 +139,7 @@ def cache_key(checkpoint: Path, canvas_hw: tuple[int, int], engine: str, **optio
         with written_through(memo) as tmp:  # a reader at the same time sees all or nothing
             tmp.write_text(digest)
     opts = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
-    raw = (f"{digest}|{canvas_hw[0]}x{canvas_hw[1]}|torch={torch.__version__}|"
+    raw = (f"{digest}|{canvas_hw[0]}x{canvas_hw[1]}|torch={torch_version()}|"
            f"code={code_fingerprint()}|{engine}|{opts}")
     return f"{engine}-{canvas_hw[0]}x{canvas_hw[1]}-{hashlib.sha256(raw.encode()).hexdigest()[:16]}"
 

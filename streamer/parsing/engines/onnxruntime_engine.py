@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from streamer.parsing.engines.base import NetSource
 from streamer.parsing.engines.cache import int8_model, onnx_model
@@ -41,6 +40,6 @@ class OnnxRuntimeEngine:
         self.session = ort.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, masks = self.session.run(None, {"images": np.ascontiguousarray(batch)})
-        return torch.from_numpy(logits), torch.from_numpy(masks)
+        return logits, masks

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from streamer.core.errors import ModelError
 from streamer.parsing.engines.base import NetSource, log, notice
@@ -227,7 +226,7 @@ class OpenVinoEngine:
         return chains
 
     @staticmethod
-    def _infer(chain: list, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _infer(chain: list, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # share_inputs avoids a copy of the batch; a part's outputs feed the next part from
         # the request's own buffers, and the last part's outputs are copied, because a
         # request's buffers are overwritten by its next call.
@@ -236,9 +235,9 @@ class OpenVinoEngine:
             out = request.infer(inputs, share_inputs=True, share_outputs=True)
             inputs = {i: out[i] for i in range(len(out))}
         out = chain[-1].infer(inputs, share_inputs=True)
-        return torch.from_numpy(out[0]), torch.from_numpy(out[1])
+        return out[0], out[1]
 
-    def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = np.ascontiguousarray(batch, np.float32)
         n = batch.shape[0]
         if n > 1 and self.perf_hint == "throughput":
@@ -247,13 +246,13 @@ class OpenVinoEngine:
             return self._one_by_one(batch)
         return self._infer(self._requests_for(n)[0], batch)
 
-    def _one_by_one(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one_by_one(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Latency hint: crops through the batch-1 model in turn (see OPENVINO_STATIC_BATCHES)."""
         chain = self._requests_for(1)[0]
         outs = [self._infer(chain, batch[i:i + 1]) for i in range(batch.shape[0])]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
-    def _parallel(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _parallel(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Throughput hint: one crop per request chain, the chains running on parallel streams."""
         chains = self._requests_for(1)
         logits: list[np.ndarray] = []
@@ -272,4 +271,4 @@ class OpenVinoEngine:
             for values in inputs:
                 logits.append(values[0].copy())
                 masks.append(values[1].copy())
-        return torch.from_numpy(np.concatenate(logits)), torch.from_numpy(np.concatenate(masks))
+        return np.concatenate(logits), np.concatenate(masks)

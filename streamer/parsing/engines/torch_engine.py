@@ -22,6 +22,7 @@ class TorchEngine:
         self.canvas_hw = canvas_hw
         torch.set_num_threads(threads)
 
-    def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            return self.net(torch.from_numpy(batch))
+            logits, masks = self.net(torch.from_numpy(batch))
+        return logits.numpy(), masks.numpy()

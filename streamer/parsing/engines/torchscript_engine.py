@@ -57,6 +57,7 @@ class TorchScriptEngine:
                  time.perf_counter() - started, path)
         return traced
 
-    def __call__(self, batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode():
-            return self.module(torch.from_numpy(batch))
+            logits, masks = self.module(torch.from_numpy(batch))
+        return logits.numpy(), masks.numpy()
