@@ -54,6 +54,17 @@ ISA_CAPS_WITHOUT_BF16 = frozenset({
     "SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
 
 
+def isa_cap() -> str:
+    """The oneDNN ISA cap in the environment, upper-case ('' when there is none).
+
+    Example:
+        >>> isa_cap()  # with ONEDNN_MAX_CPU_ISA=avx2
+        'AVX2'
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return cap.strip().upper()
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO reports native bf16 for this CPU (AVX512-BF16 or AMX), and no oneDNN
@@ -63,8 +74,7 @@ def cpu_has_bf16() -> bool:
         >>> cpu_has_bf16()  # Sapphire Rapids; False with ONEDNN_MAX_CPU_ISA=AVX2
         True
     """
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    if cap.strip().upper() in ISA_CAPS_WITHOUT_BF16:
+    if isa_cap() in ISA_CAPS_WITHOUT_BF16:
         return False
     ov = _openvino()
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -116,6 +126,10 @@ class OpenVinoEngine:
             "precision": precision, "hint": perf_hint, "threads": threads,
             "openvino": ov.get_version().split("-")[0],
         }
+        if isa_cap():
+            # A blob compiled under an ISA cap holds other kernels: OpenVINO cannot import a
+            # native blob under the cap (it recompiles), so each keeps its own cache entry.
+            self._key_options["isa_cap"] = isa_cap()
         #: (part, inference precision) run in turn; each part's output feeds the next.
         self.parts: tuple[tuple[str, str], ...] = (
             BF16_PARTS if precision == "bf16" else (("whole", precision),))
