@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from isa_env import run_with_isa
 from PIL import Image
 
-from streamer.m2fp.model import PIXEL_MEAN, SIZE_DIVISIBILITY
+from streamer.m2fp.preprocess import PIXEL_MEAN, SIZE_DIVISIBILITY
 from streamer.parsing.parser import HumanParser, ParserOptions
 
 ref.require_modelscope()

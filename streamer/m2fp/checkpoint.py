@@ -8,11 +8,13 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from streamer.core.errors import ModelError
+
+if TYPE_CHECKING:  # torch is imported only to read a checkpoint, never to find one
+    import torch
+    from torch import nn
 
 log = logging.getLogger("streamer.model")
 
@@ -95,6 +97,8 @@ def read_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
     path = Path(model_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise ModelError(f"no {CHECKPOINT_FILE} in model directory {model_dir}")
+    import torch
+
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file

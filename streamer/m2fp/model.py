@@ -9,11 +9,8 @@ from streamer.m2fp.backbone import DeepLabResNet
 from streamer.m2fp.config import M2FPConfig
 from streamer.m2fp.deform_attn import MSDeformAttn
 from streamer.m2fp.pixel_decoder import MSDeformAttnPixelDecoder
+from streamer.m2fp.preprocess import PIXEL_MEAN, PIXEL_STD
 from streamer.m2fp.transformer_decoder import MaskedTransformerDecoder
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
-SIZE_DIVISIBILITY = 32
 
 
 class ParsingHead(nn.Module):

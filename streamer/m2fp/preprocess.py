@@ -10,8 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from streamer.m2fp.model import PIXEL_MEAN, SIZE_DIVISIBILITY
-
+#: The network's input normalisation and padding multiple (streamer.m2fp.model uses them);
+#: here so that fitting images onto the canvas needs no torch.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+SIZE_DIVISIBILITY = 32
 SINGLE_PAD_VALUE = 128
 MULTI_MIN_SIZE = 640
 MULTI_MAX_SIZE = 1333

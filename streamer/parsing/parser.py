@@ -18,22 +18,16 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from streamer.core.errors import ConfigError, ModelError, SourceError
 from streamer.core.labels import PERSON_ONLY
 from streamer.core.types import Box, ParseResult, Person, unparseable_size
+from streamer.m2fp import postprocess_numpy
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE, load_weights, resolve_model_dir
 from streamer.m2fp.config import M2FPConfig, load_model_config
-from streamer.m2fp.model import M2FP
-from streamer.m2fp.postprocess import (
-    paint_instances,
-    person_boxes,
-    select_instances,
-    semantic_labels,
-)
 from streamer.m2fp.preprocess import (
     Placement,
     multi_canvas_hw,
@@ -42,6 +36,9 @@ from streamer.m2fp.preprocess import (
 )
 from streamer.parsing.engines import Engine, check_engine_options, create_engine
 from streamer.vision.reuse import CropMemory
+
+if TYPE_CHECKING:  # torch and the network are imported only where they run (see HumanParser)
+    from streamer.m2fp.model import M2FP
 
 log = logging.getLogger("streamer.parsing.parser")
 
@@ -85,6 +82,8 @@ class ParserOptions:
 
 def load_network(model_dir: Path, cfg: M2FPConfig) -> M2FP:
     """The PyTorch network of ``cfg`` with the checkpoint in ``model_dir`` (strict checks)."""
+    from streamer.m2fp.model import M2FP
+
     net = M2FP(cfg).eval()
     load_weights(net, model_dir)
     return net
@@ -96,6 +95,13 @@ class HumanParser:
     ``HumanParser.built`` and ``HumanParser.engines_built`` count, for the whole process, the
     parsers constructed and the engines (compiled networks) they created: what tells how many
     models a process really holds.
+
+    With the single-person model and a compiled engine already in the cache (OpenVINO, the
+    default, or ONNX Runtime), a parser never imports torch: the engine needs no network and
+    its outputs become label maps in numpy (streamer.m2fp.postprocess_numpy). The torch
+    engines, the multi-person model (whose canvas follows the frame size, so it keeps the
+    network) and building or exporting an engine use torch, and the torch engines keep torch's
+    post-processing, ModelScope's own.
     """
 
     built = 0
@@ -114,6 +120,7 @@ class HumanParser:
                              f"{CHECKPOINT_FILE} (python -m streamer.testing.make_model makes "
                              "a random-weight one for trying things out)")
         self.threads = options.threads or os.cpu_count() or 1
+        self.torch_postprocess = options.engine in ("torch", "torchscript")
         self._net: M2FP | None = None
         self._engines: dict[tuple[int, int], Engine] = {}
         if self.single_person:
@@ -233,16 +240,37 @@ class HumanParser:
             tensor = batch.transpose(0, 3, 1, 2).astype(np.float32)
             logits, masks = engine(tensor)
             for j, placement in enumerate(placements):
-                out.append(semantic_labels(logits[j].float(), masks[j].float(), canvas_hw,
-                                           placement.box, placement.source_hw))
+                out.append(self.crop_labels(logits[j], masks[j], placement))
         return out
+
+    def crop_labels(self, logits: np.ndarray, masks: np.ndarray, placement: Placement
+                    ) -> np.ndarray:
+        """One crop's label map from its engine outputs: torch's post-processing for the torch
+        engines (or with ``torch_postprocess`` set), numpy's otherwise (>= 99.9% the same
+        label pixels, tests/test_torch_free.py)."""
+        canvas_hw = self.cfg.single_canvas_hw
+        if not self.torch_postprocess:
+            return postprocess_numpy.semantic_labels(logits, masks, canvas_hw, placement.box,
+                                                     placement.source_hw)
+        import torch
+
+        from streamer.m2fp.postprocess import semantic_labels
+
+        return semantic_labels(torch.from_numpy(logits).float(), torch.from_numpy(masks).float(),
+                               canvas_hw, placement.box, placement.source_hw)
 
     def _parse_multi(self, image: np.ndarray) -> ParseResult:
         canvas, placement = to_multi_canvas(image)
         canvas_hw = canvas.shape[:2]
         engine = self.engine_for(canvas_hw)
         logits, masks = engine(canvas.transpose(2, 0, 1)[None].copy())
-        parts, humans = select_instances(logits[0].float(), masks[0].float(),
+        # The multi-person model keeps its network (and torch) loaded: torch post-processing.
+        import torch
+
+        from streamer.m2fp.postprocess import paint_instances, person_boxes, select_instances
+
+        parts, humans = select_instances(torch.from_numpy(logits[0]).float(),
+                                         torch.from_numpy(masks[0]).float(),
                                          self.cfg.num_parsing)
         place = (canvas_hw, placement.box, placement.source_hw)
         labels = paint_instances(parts, parts.labels, *place)
