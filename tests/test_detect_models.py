@@ -175,7 +175,7 @@ def test_a_box_with_two_distinct_skeletons_is_split():
     boxes = split_by_skeletons(pair, np.stack([back, front]))
     assert [(b.x0, b.y0, b.x1, b.y1) for b in boxes] == [(110, 160, 420, 900),
                                                         (260, 100, 500, 880)]
-    assert [b.score for b in boxes] == pytest.approx([0.8, 0.4])  # best skeleton: the box's
+    assert [b.score for b in boxes] == pytest.approx([0.8, 0.8])  # the pair's rank, both
     # the same person twice (MoveNet's two rows, anchors close): no split
     for twice in ((115, 165, 425, 900), (105, 110, 495, 895)):
         assert split_by_skeletons(pair, np.stack([front, skeleton(twice, 0.3)])) == [pair]

@@ -285,13 +285,15 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
     found, and does not count.
     With two or more people, ``box`` is replaced by one box per person: their skeleton's box
     (kept inside ``within``, the crop MoveNet saw: ``x0, y0, x1, y1``; default ``box``),
-    scored ``box.score`` times its skeleton's score over the best one's (so they keep their
-    rank among the frame's other people). Every person gets their own skeleton's box: the
+    each scored ``box.score``, in the order of their skeletons' scores (so both keep the
+    pair's rank among the frame's other people, and ``detector.max_persons`` keeps or drops
+    them together: scaled by their skeletons' scores, the second dancer of a 1080p photo with
+    eight spectators fell under the cap). Every person gets their own skeleton's box: the
     detector's box covers the pair, and which of them it "is" is not known.
 
     Example:
         >>> split_by_skeletons(Box(0, 0, 200, 400, 0.8), poses)   # two dancers, one box
-        [Box(x0=0, y0=10, x1=150, y1=400, score=0.8), Box(x0=60, y0=0, ..., score=0.7)]
+        [Box(x0=0, y0=10, x1=150, y1=400, score=0.8), Box(x0=60, y0=0, ..., score=0.8)]
     """
     height = max(box.height, 1)
     people: list[tuple[float, np.ndarray, np.ndarray]] = []  # score, xyxy, anchor
@@ -313,14 +315,13 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
             people.append((score, xyxy, anchor))
     if len(people) < 2:
         return [box]
-    best = people[0][0]
     x0, y0, x1, y1 = within or (box.x0, box.y0, box.x1, box.y1)
     out = []
-    for score, xyxy, _ in people:
+    for _, xyxy, _ in people:
         # the skeleton's box inside the crop (MoveNet's box can reach into the crop's padding)
         clipped = np.array([max(xyxy[0], x0), max(xyxy[1], y0),
                             min(xyxy[2], x1), min(xyxy[3], y1)])
-        split = _clamped_box(clipped, box.score * score / best, x1, y1)
+        split = _clamped_box(clipped, box.score, x1, y1)
         if split is not None:
             out.append(split)
     return out if len(out) >= 2 else [box]
