@@ -29,7 +29,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MEDIA = ROOT.parent / "shared" / "media"
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+
+from bench_common import cpu_name  # noqa: E402
 
 from streamer.m2fp.checkpoint import CHECKPOINT_FILE  # noqa: E402
 from streamer.parsing import calibrate as cal  # noqa: E402
@@ -80,16 +81,6 @@ def person_crops(limit: int) -> list[tuple[str, np.ndarray]]:
         picks = np.linspace(0, len(crops) - 1, limit).round().astype(int)
         crops = [crops[i] for i in sorted(set(picks))]
     return crops
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn, reps: int) -> list[float]:

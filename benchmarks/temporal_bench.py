@@ -54,11 +54,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import av
 import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_common import read_frames  # noqa: E402
 
 from streamer.core.types import Box, ParseResult, Person  # noqa: E402
 from streamer.parsing.parser import HumanParser, ParserOptions  # noqa: E402
@@ -74,17 +75,6 @@ STABILITY = ("none", "majority", "blend")
 BOOTSTRAP = 2000
 
 Segments = list[tuple[int, int]]  # (agreeing, person) pixel counts per parse interval
-
-
-def read_frames(path: Path, limit: int) -> list[np.ndarray]:
-    """The first ``limit`` frames of a clip, RGB."""
-    frames = []
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
-            if len(frames) >= limit:
-                break
-    return frames
 
 
 def parse_all(frames: list[np.ndarray], parser: HumanParser, detector: str, every: int = 1,

