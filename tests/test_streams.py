@@ -111,6 +111,22 @@ def test_scheduler_weighs_priority_skips_stalled_and_isolates_failures(tiny_sing
     assert 2.0 < n_high / n_low < 4.5  # age x priority: about three parses to one
 
 
+def test_scheduler_shares_a_detector_only_between_streams_that_ask_for_the_same_model(
+        tiny_single_model):
+    import dataclasses
+
+    from streamer.vision.detect import DetectorOptions
+
+    parser = HumanParser(load_config(None, [f"parser.model='{tiny_single_model}'",
+                                            "parser.engine=torch"]).parser)
+    scheduler = ParseScheduler(parser)
+    hog = DetectorOptions(type="hog")
+    assert scheduler.detector(hog) is scheduler.detector(dataclasses.replace(hog, every=3))
+    for change in ({"score_threshold": 0.9}, {"threads": 1}, {"engine": "onnxruntime"}):
+        assert scheduler.detector(dataclasses.replace(hog, **change)) \
+            is not scheduler.detector(hog), change
+
+
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, tmp_path,
                                                             parallel):

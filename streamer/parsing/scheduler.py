@@ -248,7 +248,10 @@ class ParseScheduler:
     def detector(self, options: DetectorOptions) -> Detector:
         """The shared detector model for ``options``' kind, built on first use (with parallel
         slots, a :class:`SerialDetector`: the slots take turns to detect)."""
-        key = (options.type, options.torchvision_model, options.torchvision_weights)
+        # Every option the detector model is built from (the tracker's options are the lane's).
+        key = (options.type, options.torchvision_model, options.torchvision_weights,
+               options.score_threshold, options.weights, options.fetch, options.threads,
+               options.engine, options.split)
         with self._detector_lock:
             found = self._detectors.get(key)
             if found is None:
