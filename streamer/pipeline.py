@@ -43,7 +43,7 @@ from streamer.io.sinks import (
     WindowSink,
     open_video_sink,
 )
-from streamer.io.sources import ImageSource, Source, open_source
+from streamer.io.sources import ImageSource, Source, is_stream_uri, open_source
 from streamer.parsing.frames import Parsed, find_people, parse_detected
 from streamer.parsing.parser import HumanParser
 from streamer.vision.detect import PersonFinder
@@ -295,6 +295,10 @@ class Pipeline:
     def _open(self) -> Source:
         """Open the source, pick the buffer policy, check the frame size, warm the parser."""
         cfg = self.config
+        if self.scheduler is None and is_stream_uri(str(self.uri)):
+            # Load the model before connecting: a camera sends from the moment it is opened,
+            # and what it sends while the model loads arrives late as one burst.
+            self.parser  # noqa: B018
         source = open_source(self.uri, cfg.source)
         self._source = source
         try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from streamer.config import Config, config_from_dict, merge, parse_override, read_yaml
 from streamer.core.errors import ConfigError
+from streamer.io.sources import is_stream_uri
 
 __all__ = ["INPUT_SUFFIXES", "SourceSpec", "expand_patterns", "is_stream_uri", "load_sources",
            "stream_name", "absolute_uri"]
@@ -38,15 +39,6 @@ class SourceSpec:
     config: Config
     name: str | None = None
     priority: float = 1.0
-
-
-def is_stream_uri(uri: str) -> bool:
-    from streamer.io.sources import LIVE_SCHEMES
-
-    text = uri.strip()
-    if text.isdigit() or text.startswith("/dev/video"):
-        return True
-    return "://" in text and text.split("://", 1)[0].lower() in LIVE_SCHEMES
 
 
 def load_sources(config_path: str | None, overrides: list[str],

@@ -211,7 +211,7 @@ class ParseScheduler:
         self._local = threading.local()
         self.condition = threading.Condition()
         self._lanes: list[Lane] = []
-        self._detectors: dict[tuple[str, str, str], Detector] = {}
+        self._detectors: dict[tuple[object, ...], Detector] = {}
         self._detector_lock = threading.Lock()
         self._stop = False
         self._order = itertools.count()

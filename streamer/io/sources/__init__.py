@@ -31,6 +31,7 @@ from streamer.io.sources.base import (
     Source,
     SourceOptions,
     SourceStats,
+    is_stream_uri,
     redact_url,
 )
 from streamer.io.sources.file import FileSource
@@ -41,6 +42,7 @@ from streamer.io.sources.webcam import WebcamSource
 __all__ = [
     "IMAGE_SUFFIXES",
     "LIVE_SCHEMES",
+    "is_stream_uri",
     "TRANSPORTS",
     "FileSource",
     "ImageSource",

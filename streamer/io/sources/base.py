@@ -20,7 +20,7 @@ from streamer.core.errors import ConfigError, SourceError
 from streamer.core.types import Frame, VideoInfo
 
 __all__ = ["LIVE_SCHEMES", "TRANSPORTS", "Pacer", "Source", "SourceOptions", "SourceStats",
-           "describe_av_error", "fps_of", "redact_url"]
+           "describe_av_error", "fps_of", "is_stream_uri", "redact_url"]
 
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "srt", "udp", "rtp"})
 TRANSPORTS = ("tcp", "udp")
@@ -114,6 +114,19 @@ class SourceStats:
     def as_dict(self) -> dict[str, float]:
         """The counters as a plain dict, e.g. for a JSON line."""
         return dict(self.__dict__)
+
+
+def is_stream_uri(uri: str) -> bool:
+    """Whether ``uri`` names a live source (a camera URL, a webcam index or ``/dev/video*``).
+
+    Example:
+        >>> is_stream_uri("rtsp://cam/1"), is_stream_uri("0"), is_stream_uri("clip.mp4")
+        (True, True, False)
+    """
+    text = str(uri).strip()
+    if text.isdigit() or text.startswith("/dev/video"):
+        return True
+    return "://" in text and text.split("://", 1)[0].lower() in LIVE_SCHEMES
 
 
 def redact_url(url: str) -> str:
