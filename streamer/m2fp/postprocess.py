@@ -14,10 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Floats per resampled strip (512 KB), whatever the number of maps or the frame width: under
-# the size glibc serves by mmap (streamer.core.heap), so strips reuse heap memory instead of
-# faulting in fresh pages each time (post-processing of a 512x254 crop: 95 ms -> 65 ms).
-STRIP_ELEMENTS = 1 << 17
+from streamer.m2fp.postprocess_numpy import STRIP_ELEMENTS
 
 
 def semantic_labels(

