@@ -92,6 +92,26 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1)}
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds so far of each thread of this process, summed by thread name (the digits
+    of numbered threads dropped: ``cam3-reader`` and ``cam1-reader`` count together). Threads
+    that libraries start (the encoder's, the engine's) go by their OS name, ``native:...``."""
+    import re
+
+    tick = os.sysconf("SC_CLK_TCK")
+    python_names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = re.sub(r"\d+", "N", python_names.get(int(tid), f"native:{comm}"))
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path) -> dict:
     from streamer.apps.inputs import SourceSpec
     from streamer.apps.streams import StreamsRun
@@ -133,9 +153,13 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
                     "detect": len(p.metrics.stages["detect"])} for n, p in pipelines.items()}
 
     busy0 = run.scheduler.busy_seconds if run is not None else 0.0
-    t0, before = time.monotonic(), snap()
+    t0, before, cpu0 = time.monotonic(), snap(), thread_cpu()
     time.sleep(seconds)
-    t1, after = time.monotonic(), snap()
+    t1, after, cpu1 = time.monotonic(), snap(), thread_cpu()
+    # Cores each kind of thread used over the window: where the CPU went.
+    cores = {name: round((cpu1[name] - cpu0.get(name, 0.0)) / (t1 - t0), 3) for name in cpu1}
+    cores = dict(sorted(((k, v) for k, v in cores.items() if v >= 0.005),
+                        key=lambda kv: -kv[1]))
     # The share of the window the scheduler's slots spent in detect + parse: 1.0 = no idle gap.
     busy = (round((run.scheduler.busy_seconds - busy0) / ((t1 - t0) * run.scheduler.parallel), 3)
             if run is not None else None)
@@ -168,7 +192,7 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
             "parse_slots": len(run.scheduler.parsers) if run is not None else len(urls),
             "peak_rss_mb": vm_hwm_mb(), "streams": streams,
             "total_parse_fps": round(sum(s["parse_fps"] for s in streams.values()), 3),
-            "scheduler_busy": busy,
+            "scheduler_busy": busy, "cores_by_thread": cores,
             "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
