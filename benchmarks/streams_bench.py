@@ -189,7 +189,7 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
         thread.join(60)
     return {"mode": mode, "n": len(urls), "seconds": round(dt, 2), "warmup_s": round(warm, 1),
             "parsers_built": HumanParser.built, "engines_built": HumanParser.engines_built,
-            "parse_slots": len(run.scheduler.parsers) if run is not None else len(urls),
+            "parse_slots": run.scheduler.parallel if run is not None else len(urls),
             "peak_rss_mb": vm_hwm_mb(), "streams": streams,
             "total_parse_fps": round(sum(s["parse_fps"] for s in streams.values()), 3),
             "scheduler_busy": busy, "cores_by_thread": cores,
@@ -197,6 +197,28 @@ def child(mode: str, urls: list[str], seconds: float, sets: list[str], out: Path
 
 
 # ------------------------------------------------------------------ parent
+def at_frame_rate(clip: Path, fps: float, out: Path) -> Path:
+    """``clip`` with every k-th frame kept (k = its rate / ``fps``, at least 1), re-encoded as
+    H.264 at ``fps``: the same pictures at a lower rate."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(clip)) as src:
+        stream = src.streams.video[0]
+        step = max(1, round(float(stream.average_rate or 25) / fps))
+        with av.open(str(out), "w") as dst:
+            enc = dst.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            enc.width, enc.height, enc.pix_fmt = stream.width, stream.height, "yuv420p"
+            enc.codec_context.options = {"crf": "18", "preset": "veryfast", "bf": "0"}
+            for i, frame in enumerate(src.decode(stream)):
+                if i % step == 0:
+                    dst.mux(enc.encode(av.VideoFrame.from_ndarray(
+                        frame.to_ndarray(format="rgb24"), format="rgb24")))
+            dst.mux(enc.encode(None))
+    return out
+
+
 def _summarise(r: dict) -> dict:
     s = list(r["streams"].values())
     fps = [x["parse_fps"] for x in s]
@@ -265,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated N (default 1,2,4,8)")
     ap.add_argument("--seconds", type=float, default=60.0, help="measured seconds per run")
     ap.add_argument("--clip", default="chaplin_bw.mp4", help="clip in ../shared/media/videos")
+    ap.add_argument("--source-fps", type=float, default=0.0,
+                    help="serve the clip at this frame rate (every k-th frame, re-encoded): "
+                    "N streams at fps/N carry the video work of one stream, which isolates "
+                    "what the sharing itself costs (default: the clip's own rate)")
     ap.add_argument("--modes", default=",".join(MODES),
                     help="scheduler,separate (default) and/or scheduler-pK (K parse slots)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -278,6 +304,13 @@ def main(argv: list[str] | None = None) -> int:
         # (parse.reuse_threshold) at 1 ms, and count as a parse.
         sets = [f"parser.model='{model}'", "parse.reuse_threshold=0", *args.sets,
                 *mode_sets(mode)]
+        if out == "-":  # only build (or load) the engine this mode runs, so no row compiles
+            from streamer.config import load_config
+            from streamer.parsing.parser import HumanParser
+
+            config = load_config(None, sets)
+            HumanParser(config.scheduler.parser_options(config.parser))
+            os._exit(0)
         print("RESULT " + json.dumps(child(mode, urls, args.seconds, sets, Path(out))),
               flush=True)
         sys.stderr.flush()
@@ -294,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {clip} not found (../shared/media is needed)", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="streams-bench-"))
+    if args.source_fps:
+        clip = at_frame_rate(clip, args.source_fps, tmp / f"{clip.stem}-{args.source_fps:g}fps.mp4")
     if model == "tiny":
         from streamer.testing.make_model import make_model
 
@@ -310,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[int, dict]] = {m: {} for m in modes}
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:
+        for mode in modes:  # compile what is not in the engine cache yet, before any timing
+            subprocess.run([sys.executable, __file__, "--json", "-", "--model", model,
+                            *[f"--set={s}" for s in args.sets], "--child", mode, "-"],
+                           check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         for n in counts:
             for mode in modes:
                 out = tmp / f"{mode}-{n}"
@@ -335,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_name(), "load_before": load_before,
         "load_after": [round(x, 2) for x in os.getloadavg()], "clip": args.clip,
         "model": model, "seconds": args.seconds, "sets": args.sets,
+        "source_fps": args.source_fps or None,
         "results": {m: {str(n): r for n, r in rows.items()} for m, rows in results.items()},
         "goals": checked,
     }

@@ -179,6 +179,79 @@ def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, t
         assert len(maps) >= 2 and all(np.array_equal(m, expected[name]) for m in maps)
 
 
+def test_parallel_slots_share_one_openvino_network(tiny_single_model, tmp_path):
+    """With OpenVINO, two parse slots run on ONE compiled network (an infer request each):
+    both slots parse at the same moment (a barrier only two concurrent parses pass), and every
+    parse equals the one-at-a-time parse of the same image."""
+    import threading
+
+    config = load_config(None, [f"parser.model='{tiny_single_model}'", "detector.type=hog",
+                                "scheduler.parallel=2",
+                                f"parser.cache_dir='{tmp_path / 'engines'}'"])
+    built, engines = HumanParser.built, HumanParser.engines_built
+    run = StreamsRun(config, tmp_path)  # what --output-dir builds for this config
+    scheduler = run.scheduler
+    try:
+        # What was constructed: one parser, one compiled network, serving both slots.
+        assert HumanParser.built - built == 1 and HumanParser.engines_built - engines == 1
+        assert scheduler.parsers == [scheduler.parser] and scheduler.parallel == 2
+        assert scheduler.parser.options.perf_hint == "throughput"
+        assert scheduler.parser.concurrency >= 2
+        rng = np.random.default_rng(1)
+        images = {name: rng.integers(0, 255, (96, 64, 3), np.uint8) for name in ("a", "b")}
+        expected = {name: scheduler.parser.parse(image).labels for name, image in images.items()}
+        together = threading.Barrier(2, timeout=20)  # broken unless two slots parse at once
+        results: dict[str, list[np.ndarray]] = {name: [] for name in images}
+        threads: set[str] = set()
+
+        def work(name: str):
+            def parse(frame: Frame) -> None:
+                threads.add(threading.current_thread().name)
+                if not results[name]:
+                    together.wait()
+                parser = scheduler.current_parser()
+                assert parser is scheduler.parser
+                results[name].append(parser.parse(frame.image).labels)
+            return parse
+
+        lanes = {name: scheduler.add(name, work(name)) for name in images}
+        deadline, i = time.monotonic() + 30, 0
+        while min(len(r) for r in results.values()) < 3 and time.monotonic() < deadline:
+            for name, lane in lanes.items():
+                lane.put(Frame(i, images[name], i / 25, time.monotonic()))
+            i += 1
+            time.sleep(0.002)
+    finally:
+        run.wait(timeout=30)
+    assert not together.broken and len(threads) == 2
+    for name, maps in results.items():
+        assert len(maps) >= 3 and all(np.array_equal(m, expected[name]) for m in maps)
+
+
+def test_serve_and_batch_honour_scheduler_parallel(tiny_single_model, tmp_path):
+    """serve's shared model and batch's StreamsWorker build their scheduler from the config's
+    ``scheduler`` section too: two slots, one OpenVINO network between them."""
+    from streamer.batch.workers import StreamsWorker
+    from streamer.serve.model import SharedModel
+
+    config = load_config(None, [f"parser.model='{tiny_single_model}'", "detector.type=hog",
+                                "scheduler.parallel=2",
+                                f"parser.cache_dir='{tmp_path / 'engines'}'"])
+    built = HumanParser.built
+    model = SharedModel(config.parser, config.detector, photos=False,
+                        scheduler=config.scheduler).start()
+    served = model.scheduler(timeout=120)
+    worker = StreamsWorker(config.parser, 2, config.scheduler)
+    try:
+        assert HumanParser.built - built == 2  # one parser each, not one per slot
+        for scheduler in (served, worker.scheduler):
+            assert scheduler.parallel == 2 and scheduler.parsers == [scheduler.parser]
+            assert scheduler.parser.options.perf_hint == "throughput"
+    finally:
+        served.stop()
+        worker.scheduler.stop()
+
+
 @pytest.mark.parametrize("value", ["0", "two", "1.5"])
 def test_bad_scheduler_parallel_is_a_config_error(value):
     with pytest.raises(ConfigError, match="scheduler.parallel"):

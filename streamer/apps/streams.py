@@ -71,13 +71,11 @@ class StreamsRun:
                  parser: HumanParser | None = None) -> None:
         self.base = base
         self.output_dir = Path(output_dir)
-        slots = base.scheduler.slots()
-        options = base.parser
-        if slots > 1 and not options.threads:  # "all cores" shared out between the slots
-            options = dataclasses.replace(options, threads=base.scheduler.slot_threads())
+        options = base.scheduler.parser_options(base.parser)
         self.parser = parser if parser is not None else HumanParser(options)
         self.scheduler = ParseScheduler(
-            self.parser, parallel=slots, make_parser=lambda: HumanParser(options)).start()
+            self.parser, parallel=base.scheduler.slots(),
+            make_parser=lambda: HumanParser(options)).start()
         self.started = time.monotonic()
         self._streams: dict[str, _Running] = {}
         self._lock = threading.Lock()

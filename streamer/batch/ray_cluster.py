@@ -81,8 +81,8 @@ class RayJobWorker(JobWorker):
 class RayStreamsWorker(StreamsWorker):
     """A :class:`StreamsWorker` (several live streams, one model) as a Ray actor."""
 
-    def __init__(self, parser_options: Any, threads: int) -> None:
-        super().__init__(parser_options, threads)
+    def __init__(self, parser_options: Any, threads: int, scheduler_options: Any = None) -> None:
+        super().__init__(parser_options, threads, scheduler_options)
         _on_node(self.info)
 
 
@@ -244,9 +244,10 @@ class RayCluster:
                 kind = self.ray.remote(RayStreamsWorker)
             else:
                 options, kind = common, remote
+            extra = (group[0].config.scheduler,) if plan.streams_per_worker > 1 else ()
             actor = kind.options(**options, max_restarts=plan.retries,
                                  scheduling_strategy=place()).remote(
-                parser_options, plan.threads)
+                parser_options, plan.threads, *extra)
             for job in group:
                 self._slots.append(_Slot(actor, f"stream-{job.label}", dedicated_to=job.key))
         for slot in self._slots:

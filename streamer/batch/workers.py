@@ -228,26 +228,29 @@ class StreamsWorker(JobWorker):
     tracker, carrier, renderer, sinks: the same outputs and metrics as on a worker of its
     own) whose detect + parse run on this worker's one model through a
     :class:`~streamer.parsing.scheduler.ParseScheduler`, the oldest overlay first. A stream
-    that fails ends alone; the others keep running.
+    that fails ends alone; the others keep running. ``scheduler_options`` (config
+    ``scheduler``) sets its parse slots.
 
     Example:
-        >>> worker = StreamsWorker(config.parser, threads=2)
+        >>> worker = StreamsWorker(config.parser, threads=2, scheduler_options=config.scheduler)
         >>> # worker.run(door, 1) and worker.run(yard, 1), each from its own thread
     """
 
-    def __init__(self, parser_options: Any, threads: int) -> None:
-        super().__init__(parser_options, threads)
-        self._scheduler: Any = None
-        if self._parser is not None:
-            from streamer.parsing.scheduler import ParseScheduler
+    def __init__(self, parser_options: Any, threads: int, scheduler_options: Any = None) -> None:
+        from streamer.parsing.scheduler import ParseScheduler, SchedulerOptions
 
-            self._scheduler = ParseScheduler(self._parser, name="streamer-batch-scheduler")
-            self._scheduler.start()
+        options = scheduler_options or SchedulerOptions()
+        super().__init__(options.parser_options(parser_options), threads)
+        self.scheduler: Any = None
+        if self._parser is not None:
+            self.scheduler = ParseScheduler(self._parser, name="streamer-batch-scheduler",
+                                             parallel=options.slots())
+            self.scheduler.start()
 
     def _pipeline_for(self, job: Job, config: Any) -> Any:
         from streamer.pipeline import Pipeline
 
-        return Pipeline(config, job.source, scheduler=self._scheduler, name=job.label)
+        return Pipeline(config, job.source, scheduler=self.scheduler, name=job.label)
 
 
 def parsers_built() -> tuple[int, int]:

@@ -90,7 +90,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def sigmoid(values: np.ndarray) -> np.ndarray:
     """``1 / (1 + exp(-x))`` in place (float32)."""
     np.negative(values, out=values)
-    np.exp(values, out=values)
+    with np.errstate(over="ignore"):  # exp(-x) -> inf for x << 0 gives 1 / inf = 0, as torch
+        np.exp(values, out=values)
     values += np.float32(1)
     np.reciprocal(values, out=values)
     return values

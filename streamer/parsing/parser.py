@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -90,7 +91,11 @@ def load_network(model_dir: Path, cfg: M2FPConfig) -> M2FP:
 
 
 class HumanParser:
-    """Runs M2FP through one engine. Not thread-safe: use one per worker thread.
+    """Runs M2FP through one engine.
+
+    Thread safety: with OpenVINO's throughput hint, :attr:`concurrency` threads can parse at
+    once on the one compiled network (an infer request each; more wait for a free one). Every
+    other engine, and the multi-person model, has ``concurrency`` 1: use one parser per thread.
 
     ``HumanParser.built`` and ``HumanParser.engines_built`` count, for the whole process, the
     parsers constructed and the engines (compiled networks) they created: what tells how many
@@ -123,6 +128,7 @@ class HumanParser:
         self.torch_postprocess = options.engine in ("torch", "torchscript")
         self._net: M2FP | None = None
         self._engines: dict[tuple[int, int], Engine] = {}
+        self._engine_lock = threading.Lock()
         if self.single_person:
             # One canvas: its engine now. A compiled engine found in the cache (keyed by the
             # checkpoint's hash) needs no PyTorch network at all, which saves its memory.
@@ -145,8 +151,27 @@ class HumanParser:
     def single_person(self) -> bool:
         return self.cfg.single_human
 
+    @property
+    def concurrency(self) -> int:
+        """How many parses can run at once on this parser's one engine (see the class doc).
+
+        Example:
+            >>> HumanParser(ParserOptions(model=d, perf_hint="throughput")).concurrency
+            2
+        """
+        if not self.single_person:
+            return 1
+        return int(getattr(self.engine_for(self.cfg.single_canvas_hw), "concurrency", 1))
+
     def engine_for(self, canvas_hw: tuple[int, int]) -> Engine:
         """The engine for one canvas size, created (or loaded from the cache) on first use."""
+        engine = self._engines.get(canvas_hw)
+        if engine is not None:
+            return engine
+        with self._engine_lock:
+            return self._engine_locked(canvas_hw)
+
+    def _engine_locked(self, canvas_hw: tuple[int, int]) -> Engine:
         engine = self._engines.get(canvas_hw)
         if engine is None:
             engine = create_engine(

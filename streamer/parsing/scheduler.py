@@ -14,12 +14,14 @@ reconnects or dies has no frame in its slot and is simply not picked, so it neve
 others; its ``work`` raising an error ends that lane alone. Lanes can be added and removed at
 any time.
 
-Parallel slots (``parallel=k``, config ``scheduler.parallel``): k worker threads, each with
-its own parser (slot 0 the one given, the others built alike with their share of the cores),
-parse k lanes at once; a lane is never parsed by two slots at once, since its tracker and crop
-memory are its own. Work running in a slot reaches that slot's parser through
-:meth:`ParseScheduler.current_parser`. Measured in docs/live.md: which pays depends on the
-number of streams and on the load; ``auto`` follows :func:`resolve_parallel`.
+Parallel slots (``parallel=k``, config ``scheduler.parallel``): k worker threads parse k lanes
+at once; a lane is never parsed by two slots at once, since its tracker and crop memory are its
+own. With OpenVINO the slots share the one compiled network, each parse on its own infer
+request (the throughput hint: :meth:`SchedulerOptions.parser_options`); with an engine that
+runs one call at a time each slot has its own parser (slot 0 the one given, the others built
+alike with their share of the cores). Work running in a slot reaches that slot's parser
+through :meth:`ParseScheduler.current_parser`. Measured in docs/live.md; ``auto`` follows
+:func:`resolve_parallel`.
 
 Example:
     >>> scheduler = ParseScheduler(HumanParser(config.parser)).start()
@@ -46,12 +48,15 @@ import numpy as np
 from streamer.core.errors import ConfigError
 from streamer.core.types import Box, Frame
 from streamer.io.buffers import LatestBuffer
-from streamer.parsing.parser import HumanParser
+from streamer.parsing.parser import HumanParser, ParserOptions
 from streamer.vision.detect import Detector, DetectorOptions, make_detector
 
 __all__ = ["Lane", "ParseScheduler", "SchedulerOptions", "SerialDetector", "resolve_parallel"]
 
 log = logging.getLogger("streamer.scheduler")
+
+#: Engines whose one compiled network runs several parses at once (parallel infer requests).
+SHARED_NETWORK_ENGINES = ("openvino",)
 
 
 def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
@@ -78,12 +83,15 @@ def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
 class SchedulerOptions:
     """How the shared parse scheduler runs (config section ``scheduler``).
 
-    ``parallel``: parse slots, each a worker thread with its own parser using cores/slots
-    threads: ``auto`` (see :func:`resolve_parallel`) or a count >= 1.
+    ``parallel``: parse slots, each a worker thread: ``auto`` (see :func:`resolve_parallel`)
+    or a count >= 1. The slots share one network where the engine runs parallel infer
+    requests (OpenVINO), else each has its own with cores/slots threads.
 
     Example:
         >>> SchedulerOptions(parallel=2).slots(cores=2)
         2
+        >>> SchedulerOptions(parallel=2).parser_options(ParserOptions()).perf_hint
+        'throughput'
     """
 
     parallel: int | str = "auto"
@@ -102,6 +110,19 @@ class SchedulerOptions:
         """Threads for each slot's parser: the cores shared out, at least one."""
         cores = cores or os.cpu_count() or 1
         return max(1, cores // self.slots(cores))
+
+    def parser_options(self, options: ParserOptions) -> ParserOptions:
+        """The options of the parser the slots run. One slot: ``options``. Several: with
+        OpenVINO the throughput hint, so that one compiled network serves every slot (an
+        infer request each, OpenVINO sharing out the cores); with another engine each slot's
+        parser takes its share of the cores (unless ``parser.threads`` says otherwise)."""
+        if self.slots() == 1:
+            return options
+        if options.engine in SHARED_NETWORK_ENGINES:
+            return dataclasses.replace(options, perf_hint="throughput")
+        if not options.threads:
+            return dataclasses.replace(options, threads=self.slot_threads())
+        return options
 
 
 class Lane(LatestBuffer):
@@ -184,8 +205,11 @@ class ParseScheduler:
     ``parser`` is the one loaded network every stream shares (:attr:`parser`); detector models
     are shared too, one per kind (:meth:`detector`), while each stream keeps its own tracker.
     Use as a context manager, or :meth:`start` / :meth:`stop`. With ``parallel`` > 1 there are
-    that many slots, each a thread with its own parser (:attr:`parsers`; slot 0 is ``parser``,
-    the others come from ``make_parser`` or are built with ``parser``'s options).
+    that many slots, each a thread. They all run ``parser`` when it can run that many parses
+    at once (:attr:`HumanParser.concurrency`: OpenVINO with the throughput hint); otherwise
+    each slot has its own parser (slot 0 is ``parser``, the others come from ``make_parser``
+    or are built with ``parser``'s options). :attr:`parsers` lists the distinct parsers.
+    :meth:`from_options` builds the parser as config asks.
 
     Example:
         >>> with ParseScheduler(parser) as scheduler:
@@ -193,7 +217,7 @@ class ParseScheduler:
         ...     lane.put(frame)
         >>> scheduler.stats()["cam1"]["parses"]
         1
-        >>> ParseScheduler(parser, parallel=2).parsers[1].threads   # on 2 cores
+        >>> len(ParseScheduler.from_options(ParserOptions(), SchedulerOptions(2)).parsers)
         1
     """
 
@@ -206,8 +230,13 @@ class ParseScheduler:
             options = dataclasses.replace(
                 parser.options, threads=SchedulerOptions(self.parallel).slot_threads())
             make_parser = lambda: HumanParser(options)  # noqa: E731
-        #: One parser per slot; built now, so no stream waits for a network to load.
-        self.parsers = [parser] + [make_parser() for _ in range(self.parallel - 1)]
+        if self.parallel == 1 or parser.concurrency > 1:
+            self._slot_parsers = [parser] * self.parallel  # one network, an infer request each
+        else:
+            # Built now, so that no stream waits for a network to load.
+            self._slot_parsers = [parser] + [make_parser() for _ in range(self.parallel - 1)]
+        #: The distinct parsers (networks) the slots run.
+        self.parsers = list({id(p): p for p in self._slot_parsers}.values())
         self._local = threading.local()
         self.condition = threading.Condition()
         self._lanes: list[Lane] = []
@@ -221,6 +250,20 @@ class ParseScheduler:
         self.parses = 0
         self.busy_seconds = 0.0
         self.started = time.monotonic()
+
+    @classmethod
+    def from_options(cls, parser_options: ParserOptions, options: SchedulerOptions | None = None,
+                     *, name: str = "streamer-scheduler") -> ParseScheduler:
+        """A scheduler (not started) on a parser built as ``options`` asks
+        (:meth:`SchedulerOptions.parser_options`), with that many slots.
+
+        Example:
+            >>> scheduler = ParseScheduler.from_options(config.parser, config.scheduler).start()
+        """
+        options = options or SchedulerOptions()
+        slot_options = options.parser_options(parser_options)
+        return cls(HumanParser(slot_options), name=name, parallel=options.slots(),
+                   make_parser=lambda: HumanParser(slot_options))
 
     # ----------------------------------------------------------------- lanes
     def add(self, name: str, work: Callable[[Frame], Any], *, priority: float = 1.0,
@@ -306,7 +349,7 @@ class ParseScheduler:
                 self.condition.wait(1.0)
 
     def _run(self, slot: int) -> None:
-        self._local.parser = self.parsers[slot]
+        self._local.parser = self._slot_parsers[slot]
         while (picked := self._next()) is not None:
             lane, frame = picked
             started = time.perf_counter()

@@ -30,7 +30,7 @@ from streamer.core.errors import ModelError
 from streamer.core.types import Frame, ParseResult
 from streamer.parsing.parser import HumanParser, ParserOptions
 from streamer.parsing.photo import parse_image, photo_detector
-from streamer.parsing.scheduler import ParseScheduler
+from streamer.parsing.scheduler import ParseScheduler, SchedulerOptions
 from streamer.vision.detect import Detector, DetectorOptions
 
 __all__ = ["PHOTO_LANE", "ScheduledPhotos", "SharedModel"]
@@ -131,8 +131,9 @@ class SharedModel:
     """
 
     def __init__(self, parser: ParserOptions, detector: DetectorOptions, *,
-                 photos: bool) -> None:
+                 photos: bool, scheduler: SchedulerOptions | None = None) -> None:
         self.parser_options = parser
+        self.scheduler_options = scheduler or SchedulerOptions()
         self.detector_options = detector
         self.with_photos = photos
         self.ready: cf.Future[HumanParser] = cf.Future()
@@ -152,9 +153,11 @@ class SharedModel:
 
     def _load(self) -> None:
         try:
-            parser = HumanParser(self.parser_options)
+            scheduler = ParseScheduler.from_options(self.parser_options, self.scheduler_options,
+                                                    name="streamer-serve-scheduler")
+            parser = scheduler.parser
             parser.warm_up()
-            scheduler = ParseScheduler(parser).start()
+            scheduler.start()
             photos = (ScheduledPhotos(scheduler, self.detector_options) if self.with_photos
                       else None)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the model

@@ -110,7 +110,8 @@ class Service:
         self.token = settings.token
         shared = settings.photo_parser == "shared"
         # The one model of the streams (and of the photos too, unless "separate").
-        self.model = SharedModel(config.parser, config.detector, photos=shared)
+        self.model = SharedModel(config.parser, config.detector, photos=shared,
+                                 scheduler=config.scheduler)
         self.pool = ParsePool(config.parser, config.detector, settings.workers, settings.queue,
                               load=self._shared_photo_parser if shared else None)
         self.cache: ParseCache = (

@@ -6,10 +6,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +102,12 @@ class OpenVinoEngine:
     number on first use), and on parallel infer requests with the throughput hint. Each
     compiled shape keeps its infer requests and reuses them call after call.
 
+    Thread safety: calls may come from several threads at once. Each call takes a free infer
+    request chain from the shape's pool (and returns it after), so with the throughput hint
+    :attr:`concurrency` calls run side by side on one compiled network (the parse slots of
+    :class:`~streamer.parsing.scheduler.ParseScheduler` share it this way); with the latency
+    hint there is one chain and calls take turns.
+
     Example:
         >>> engine = OpenVinoEngine(net, (512, 384), 2, checkpoint, cache_dir, "fp32", "latency")
         >>> logits, masks = engine(batch)       # (n, 3, 512, 384) float32, 0..255
@@ -145,6 +155,8 @@ class OpenVinoEngine:
         self._compiled: dict[int, list] = {}
         self._blobs: list[mmap.mmap] = []  # mapped compiled blobs, alive with the model
         self._requests: dict[int, list[list]] = {}
+        self._free: dict[int, queue.SimpleQueue[list]] = {}  # chains not in use, per shape
+        self._build_lock = threading.RLock()  # compiling a shape, creating its requests
         self.compiled_now: list[int] = []  # batch sizes compiled (not loaded) by this engine
         self.static_batches = OPENVINO_STATIC_BATCHES if static_batches is None else static_batches
         self.compiled(1)  # every use needs batch 1: build or load it now, not on the first frame
@@ -170,9 +182,19 @@ class OpenVinoEngine:
         """The parts compiled for ``batch`` crops: imported from the cache, or compiled once."""
         compiled = self._compiled.get(batch)
         if compiled is None:
-            compiled = [self._compile(batch, part, precision) for part, precision in self.parts]
-            self._compiled[batch] = compiled
+            with self._build_lock:
+                compiled = self._compiled.get(batch)
+                if compiled is None:
+                    compiled = [self._compile(batch, part, precision)
+                                for part, precision in self.parts]
+                    self._compiled[batch] = compiled
         return compiled
+
+    @property
+    def concurrency(self) -> int:
+        """How many calls can run at once on parallel infer requests (1 with the latency
+        hint; OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS with the throughput hint)."""
+        return len(self._requests_for(1))
 
     def _import(self, path: Path, precision: str, warn: bool):
         """The compiled model from the blob at ``path``, or ``None`` if there is none (or it
@@ -231,13 +253,40 @@ class OpenVinoEngine:
         """Infer requests for ``batch`` crops, each a chain with one request per part."""
         chains = self._requests.get(batch)
         if chains is None:
-            compiled = self.compiled(batch)
-            count = 1
-            if self.perf_hint == "throughput":
-                count = max(1, int(compiled[0].get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-            chains = [[part.create_infer_request() for part in compiled] for _ in range(count)]
-            self._requests[batch] = chains
+            with self._build_lock:
+                chains = self._requests.get(batch)
+                if chains is None:
+                    compiled = self.compiled(batch)
+                    count = 1
+                    if self.perf_hint == "throughput":
+                        count = max(1, int(compiled[0].get_property(
+                            "OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+                    chains = [[part.create_infer_request() for part in compiled]
+                              for _ in range(count)]
+                    free: queue.SimpleQueue[list] = queue.SimpleQueue()
+                    for chain in chains:
+                        free.put(chain)
+                    self._free[batch] = free
+                    self._requests[batch] = chains
         return chains
+
+    @contextlib.contextmanager
+    def _chains(self, batch: int, wanted: int = 1) -> Iterator[list[list]]:
+        """Up to ``wanted`` free chains for ``batch`` crops, at least one (waiting for it while
+        other threads' calls hold them all), given back afterwards."""
+        self._requests_for(batch)
+        free = self._free[batch]
+        taken = [free.get()]
+        try:
+            while len(taken) < wanted:
+                try:
+                    taken.append(free.get_nowait())
+                except queue.Empty:
+                    break
+            yield taken
+        finally:
+            for chain in taken:
+                free.put(chain)
 
     @staticmethod
     def _infer(chain: list, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -258,17 +307,23 @@ class OpenVinoEngine:
             return self._parallel(batch)
         if n > 1 and not self.static_batches:
             return self._one_by_one(batch)
-        return self._infer(self._requests_for(n)[0], batch)
+        with self._chains(n) as (chain,):
+            return self._infer(chain, batch)
 
     def _one_by_one(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Latency hint: crops through the batch-1 model in turn (see OPENVINO_STATIC_BATCHES)."""
-        chain = self._requests_for(1)[0]
-        outs = [self._infer(chain, batch[i:i + 1]) for i in range(batch.shape[0])]
+        with self._chains(1) as (chain,):
+            outs = [self._infer(chain, batch[i:i + 1]) for i in range(batch.shape[0])]
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     def _parallel(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Throughput hint: one crop per request chain, the chains running on parallel streams."""
-        chains = self._requests_for(1)
+        """Throughput hint: one crop per request chain, the chains running on parallel streams
+        (as many chains as are free: other threads' calls may hold some)."""
+        with self._chains(1, wanted=batch.shape[0]) as chains:
+            return self._run_parallel(chains, batch)
+
+    def _run_parallel(self, chains: list[list], batch: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
         logits: list[np.ndarray] = []
         masks: list[np.ndarray] = []
         for start in range(0, batch.shape[0], len(chains)):
