@@ -10,7 +10,8 @@ The overlay is ``round((1 - alpha) * image + alpha * PALETTE[labels])`` on every
 pixel and the input pixel everywhere else. It is built without any loop over classes or masks:
 the colour image comes from one table lookup (``cv2.LUT``), the blend is one ``cv2.addWeighted``
 over each region of the foreground (its column runs: people side by side are blended apart),
-and background pixels are restored with one masked copy. A 1080p frame takes a few milliseconds on two cores (``benchmarks/render_bench.py``).
+and background pixels are restored with one masked copy. A 1080p frame takes a few
+milliseconds on two cores (``benchmarks/render_bench.py``).
 
 Example:
     >>> renderer = Renderer(OverlayStyle(alpha=0.5, boxes=True, legend=True))
