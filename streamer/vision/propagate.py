@@ -94,10 +94,11 @@ def shift_persons(result: ParseResult, offsets: dict[int, tuple[int, int]]) -> P
     h, w = result.labels.shape
     src_labels, src_inst = result.labels, result.instances
     # OpenCV's compare/masked copy do it in a third of numpy's time (where + boolean
-    # indexing), for the dtypes it knows; the same pixels either way.
+    # indexing), for the dtypes it knows; the same pixels either way. (cv2's stubs lack
+    # compare's overload with a scalar as the second operand.)
     fast = src_labels.dtype == np.uint8 and src_inst.dtype in _CV_ID_TYPES
     if fast:
-        labels = cv2.bitwise_and(src_labels, cv2.compare(src_inst, 0, cv2.CMP_EQ))
+        labels = cv2.bitwise_and(src_labels, cv2.compare(src_inst, 0, cv2.CMP_EQ))  # type: ignore[call-overload]
     else:
         labels = np.where(src_inst == 0, src_labels, 0).astype(src_labels.dtype)
     instances = np.zeros_like(src_inst)
@@ -115,7 +116,7 @@ def shift_persons(result: ParseResult, offsets: dict[int, tuple[int, int]]) -> P
         to_labels = labels[dst.y0:dst.y1, dst.x0:dst.x1]
         to_ids = instances[dst.y0:dst.y1, dst.x0:dst.x1]
         if fast:
-            mask = cv2.compare(ids, person.id, cv2.CMP_EQ)
+            mask = cv2.compare(ids, person.id, cv2.CMP_EQ)  # type: ignore[call-overload]
             cv2.copyTo(src_labels[sy0:sy1, sx0:sx1], mask, to_labels)  # in place, in the views
             cv2.copyTo(ids, mask, to_ids)  # under the mask the source ids are person.id
         else:
