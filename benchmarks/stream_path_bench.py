@@ -13,12 +13,14 @@ stream path shows as before/after on the same machine in one command. The rows i
 the two codes, ``--rounds`` times, and keep each one's lowest CPU (load from other processes
 only ever adds).
 
-Example:
-    $ python benchmarks/stream_path_bench.py --baseline 74922d5 --json stream_path.json
-    stream path per frame, CPU Intel(R) Xeon(R) Processor, 2 cores, load 0.4
-    code      size       enc.thr  cpu ms  thread ms  carry  render  encode  wall ms
-    74922d5   640x360          2    6.20       2.29   0.77    0.58    0.94     5.10
-    working   640x360          1    4.62       4.62   0.24    0.38    4.00     4.70
+Example (Intel Xeon Sapphire Rapids, AVX-512, 2 cores shared with other jobs):
+    $ python benchmarks/stream_path_bench.py --baseline 74922d5 --frames 200 --json sp.json
+    stream path per frame, CPU Intel(R) Xeon(R) Processor, 2 cores, load 4.3; 200 frames ...
+    code      size       enc.thr  cpu ms  thread ms  carry  render  encode  wall ms  keeps fps
+    74922d5   640x360          2    5.90       1.95   0.76    0.59    0.58     5.84  yes
+    working   640x360          1    4.91       4.62   0.28    0.54    3.63     4.62  yes
+    74922d5   1920x1080        2   55.57      17.19   6.17    6.36    4.63    56.55  NO
+    working   1920x1080        2   45.24      11.71   2.34    4.56    4.78    28.54  yes
 """
 
 from __future__ import annotations
