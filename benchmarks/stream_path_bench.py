@@ -14,13 +14,14 @@ the two codes, ``--rounds`` times, and keep each one's lowest CPU (load from oth
 only ever adds).
 
 Example (Intel Xeon Sapphire Rapids, AVX-512, 2 cores shared with other jobs):
-    $ python benchmarks/stream_path_bench.py --baseline 74922d5 --frames 200 --json sp.json
-    stream path per frame, CPU Intel(R) Xeon(R) Processor, 2 cores, load 4.3; 200 frames ...
+    $ python benchmarks/stream_path_bench.py --baseline 74922d5 --threads default,1,2 \
+          --frames 150 --rounds 2 --json stream_path.json
+    stream path per frame, CPU Intel(R) Xeon(R) Processor, 2 cores, load 2.0; 150 frames ...
     code      size       enc.thr  cpu ms  thread ms  carry  render  encode  wall ms  keeps fps
-    74922d5   640x360          2    5.90       1.95   0.76    0.59    0.58     5.84  yes
-    working   640x360          1    4.91       4.62   0.28    0.54    3.63     4.62  yes
-    74922d5   1920x1080        2   55.57      17.19   6.17    6.36    4.63    56.55  NO
-    working   1920x1080        2   45.24      11.71   2.34    4.56    4.78    28.54  yes
+    74922d5   640x360          2    5.51       1.90   0.66    0.66    0.57     3.54  yes
+    working   640x360          1    4.78       4.48   0.28    0.54    3.51     4.48  yes
+    ...
+    working   1920x1080    1 set   36.99      36.10   2.22    4.23   28.35    36.10  yes
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def _size(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def measure(code: Path, clip: Path, sizes: list[str], frames: int, fps: float) -> list[dict]:
-    """One pass of every size with the ``streamer`` package found in ``code``."""
+def measure(code: Path, clip: Path, sizes: list[str], frames: int, fps: float,
+            thread_choices: list[int | None]) -> list[dict]:
+    """One pass of every size and encoder thread count (``None``: the sink's choice) with the
+    ``streamer`` package found in ``code``."""
     sys.path.insert(0, str(code))
     import cv2
 
@@ -69,7 +72,7 @@ def measure(code: Path, clip: Path, sizes: list[str], frames: int, fps: float) -
     source = read_frames(clip, frames)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
+        for size, asked in [(size, t) for size in sizes for t in thread_choices]:
             w, h = _size(size)
             images = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in source]
             labels, persons = make_people(w, h, count=3)
@@ -83,9 +86,9 @@ def measure(code: Path, clip: Path, sizes: list[str], frames: int, fps: float) -
             info = _live_info(w, h, fps)
             renderer, carrier = Renderer(OverlayStyle()), Carrier("shift")
             stage = {"carry": 0.0, "render": 0.0, "encode": 0.0}
-            sink = VideoFileSink(Path(tmp) / f"{size}.mkv", info)
+            sink = VideoFileSink(Path(tmp) / f"{size}-{asked}.mkv", info, threads=asked)
             # (Code before encoder_threads had no ``threads`` and used min(4, cores).)
-            threads = int(getattr(sink, "threads", min(4, os.cpu_count() or 1)))
+            threads = asked or int(getattr(sink, "threads", min(4, os.cpu_count() or 1)))
             # One frame outside the clock: the encoder's and OpenCV's first-call set-up.
             sink.write(renderer.render(images[0], result))
             cpu0, wall0, own0 = time.process_time(), time.perf_counter(), time.thread_time()
@@ -110,6 +113,7 @@ def measure(code: Path, clip: Path, sizes: list[str], frames: int, fps: float) -
             convert = min(_time_convert(to_video_frame, images[0]) for _ in range(3))
             rows.append({
                 "size": size, "frames": n, "encoder_threads": threads,
+                "threads_asked": "default" if asked is None else asked,
                 "cpu_ms": 1e3 * cpu / n, "stream_thread_ms": 1e3 * own / n,
                 "carry_ms": 1e3 * stage["carry"] / n, "render_ms": 1e3 * stage["render"] / n,
                 "encode_ms": 1e3 * stage["encode"] / n, "convert_ms": convert,
@@ -147,7 +151,8 @@ def child(code: Path, args: argparse.Namespace) -> list[dict]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         subprocess.run([sys.executable, __file__, "--code", str(code), "--rows", out.name,
                         "--clip", str(args.clip), "--frames", str(args.frames),
-                        "--fps", str(args.fps), "--sizes", ",".join(args.sizes)], check=True)
+                        "--fps", str(args.fps), "--sizes", ",".join(args.sizes),
+                        "--threads", ",".join(args.threads)], check=True)
         return list(json.loads(Path(out.name).read_text()))
 
 
@@ -165,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=25.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sizes", type=lambda s: s.split(","), default=list(SIZES))
+    ap.add_argument("--threads", type=lambda s: s.split(","), default=["default"],
+                    help="encoder thread counts to measure, e.g. default,1,2 (default: the "
+                         "sink's own choice for a live stream)")
     ap.add_argument("--quick", action="store_true", help="1 round of 50 frames")
     ap.add_argument("--code", type=Path, help=argparse.SUPPRESS)  # child: whose streamer
     ap.add_argument("--rows", type=Path, help=argparse.SUPPRESS)  # child: where to write
@@ -173,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no clip at {args.clip} (give one with --clip)", file=sys.stderr)
         return 2
     if args.code is not None:
+        choices = [None if t == "default" else int(t) for t in args.threads]
         args.rows.write_text(json.dumps(measure(args.code, args.clip, args.sizes, args.frames,
-                                                args.fps)))
+                                                args.fps, choices)))
         return 0
     if args.quick:
         args.rounds, args.frames = 1, 50
@@ -194,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.frames} frames at {args.fps:g} fps, lowest of {args.rounds} round(s)")
     print(f"{'code':10}{'size':11}{'enc.thr':>7}{'cpu ms':>8}{'thread ms':>11}{'carry':>7}"
           f"{'render':>8}{'encode':>8}{'wall ms':>9}  keeps fps")
-    for i, size in enumerate(args.sizes):
+    for i in range(len(next(iter(results.values())))):
         for name, rows in results.items():
             r = rows[i]
-            print(f"{name[:9]:10}{size:11}{r['encoder_threads']:7d}{r['cpu_ms']:8.2f}"
+            thr = f"{r['encoder_threads']}{'' if r['threads_asked'] == 'default' else ' set'}"
+            print(f"{name[:9]:10}{r['size']:11}{thr:>7}{r['cpu_ms']:8.2f}"
                   f"{r['stream_thread_ms']:11.2f}{r['carry_ms']:7.2f}{r['render_ms']:8.2f}"
                   f"{r['encode_ms']:8.2f}{r['wall_ms']:9.2f}  {'yes' if r['keeps_fps'] else 'NO'}")
     if args.json:
@@ -211,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds, "clip": args.clip.name, "baseline": args.baseline,
             "note": "cpu_ms: the whole process's CPU per frame (stream thread + encoder "
                     "threads + flush); stream_thread_ms: the calling thread only; encode_ms "
-                    "includes the yuv420p conversion (convert_ms)",
+                    "includes the yuv420p conversion (convert_ms); threads_asked: default = the "
+                    "sink's own choice for a live stream",
         }, indent=2) + "\n")
     return 0
 

@@ -77,7 +77,6 @@ class Motion:
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-
 #: Person-id map dtypes that OpenCV compares and copies (not 64-bit integers).
 _CV_ID_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.int32))
 

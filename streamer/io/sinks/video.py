@@ -36,10 +36,11 @@ __all__ = [
 log = logging.getLogger("streamer.sinks")
 
 #: Pixels per second (width x height x fps) up to which a real-time output is encoded on one
-#: thread: 720p at 30 fps. One libx264 ``veryfast`` thread encodes about 65-70 Mpx/s on a
-#: Sapphire Rapids core (640x360: 3.6 ms/frame, 1280x720: 13.6, 1920x1080: 29.5), so up to
-#: here the encode takes at most ~40% of the frame interval and leaves room for the render on
-#: the same thread; 1080p25 would take ~75% and falls behind once the render is added.
+#: thread: 720p at 30 fps. One libx264 ``veryfast`` thread takes about 3.5 ms for a 640x360
+#: frame, 13 ms for 1280x720 and 29 ms for 1920x1080 on a Sapphire Rapids core
+#: (``benchmarks/stream_path_bench.py``), so up to here the encode takes at most ~40% of the
+#: frame interval, with room for the render on the same thread; 1080p25 would take ~75% and
+#: a busy machine pushes it past the interval.
 REALTIME_ONE_THREAD_PIXEL_RATE = 1280 * 720 * 30
 
 
@@ -49,9 +50,9 @@ def encoder_threads(info: VideoInfo, *, realtime: bool | None = None) -> int:
     A real-time output (``realtime``, by default ``info.is_live``) that one thread keeps up
     with (at most :data:`REALTIME_ONE_THREAD_PIXEL_RATE` pixels per second) gets 1: a live run
     already has parallelism across streams and the parse, and x264's frame threads cost CPU
-    that the parse needs (+23% CPU per frame at 640x360, measured in
-    ``benchmarks/stream_path_bench.py``) and add a frame of latency each. Anything else
-    (a file, a larger real-time picture) gets up to 4, one per core.
+    that the parse needs (2 threads: +8% CPU per frame of a stream's whole path at 640x360,
+    +22% at 1280x720, ``benchmarks/stream_path_bench.py``) and add a frame of latency each.
+    Anything else (a file, a larger real-time picture) gets up to 4, one per core.
 
     Example:
         >>> encoder_threads(VideoInfo(640, 360, 25.0, is_live=True))
