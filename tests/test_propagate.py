@@ -59,3 +59,26 @@ def test_parsed_result_follows_velocity_to_a_later_frame():
     assert carry(10) is result
     later = carry(13)
     assert (later.instances[10:30, 16:26] == 1).all()
+
+
+def test_opencv_and_numpy_paths_move_the_same_pixels():
+    # uint16/int32 id maps take OpenCV's path, int64 numpy's: same maps, overlaps included,
+    # and a person's pixels outside its box (dropped by both).
+    rng = np.random.default_rng(3)
+    base = two_people()
+    labels = base.labels.copy()
+    labels[25:40, 15:60] = rng.integers(1, 20, (15, 45), dtype=np.uint8)
+    ids = base.instances.astype(np.int64)
+    ids[25:40, 15:35], ids[25:40, 35:60] = 1, 2  # partly outside both boxes
+    ids[55:58, 0:4] = 2
+    maps = {}
+    for dtype in (np.uint16, np.int32, np.int64):
+        moved = shift_persons(ParseResult(labels, base.classes, ids.astype(dtype), base.persons),
+                              {1: (4, 3), 2: (-9, -6)})
+        assert moved.instances.dtype == dtype and moved.labels.dtype == np.uint8
+        maps[dtype] = moved
+    ref = maps[np.int64]
+    for moved in maps.values():
+        assert np.array_equal(moved.labels, ref.labels)
+        assert np.array_equal(moved.instances, ref.instances)
+        assert moved.persons == ref.persons

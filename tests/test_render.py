@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -208,3 +210,43 @@ def test_all_extras_together_leave_input_alone() -> None:
     out = Renderer(style).render(image, result)
     assert np.array_equal(image, before)
     assert out.shape == image.shape and not np.array_equal(out, image)
+
+
+def test_people_apart_render_as_one_blend_of_the_whole_frame() -> None:
+    # People far apart are blended region by region; the pixels are those of the overlay's
+    # definition over the whole frame, outlines (that look one pixel past each region) too.
+    image = _image(7)
+    labels = np.zeros((H, W), np.uint8)
+    labels[5:40, 2:18] = 5
+    labels[20:30, 6:12] = 13
+    labels[50:89, 40:60] = 9  # 22 background columns from the first: its own region
+    labels[0:10, 75:119] = 2  # ... and this one, touching the frame's top and right edges
+    labels[60:80, 62:66] = 14  # 2 columns from the second: the same region as it
+    plain = Renderer().render(image, _result(labels))
+    assert np.array_equal(plain, blend_exact(image, labels, 0.5))
+    out = Renderer(OverlayStyle(outlines=True)).render(image, _result(labels))
+    edge = _outline_reference(labels)
+    assert (out[edge] == OUTLINE_COLOR).all()
+    assert np.array_equal(out[~edge], plain[~edge])
+
+
+def test_real_frame_overlay_matches_its_definition() -> None:
+    clip = Path(__file__).resolve().parents[1].parent / "shared/media/videos/chaplin_bw.mp4"
+    if not clip.is_file():
+        pytest.skip(f"needs the shared clip {clip}")
+    import av
+
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    h, w = frame.shape[:2]
+    labels = np.zeros((h, w), np.uint8)
+    rng = np.random.default_rng(0)
+    for i, x in enumerate((40, 260, 480)):  # three people side by side, parts of 1-20
+        labels[40:320, x:x + 110] = rng.integers(0, 21, (280, 110), dtype=np.uint8)
+        labels[60 + 20 * i:300, x + 20:x + 90] = 5 + i
+    persons = [Person(i + 1, 0.9, Box(x, 40, x + 110, 320)) for i, x in enumerate((40, 260, 480))]
+    result = ParseResult(labels, CIHP_CLASSES, None, persons)
+    assert np.array_equal(Renderer().render(frame, result), blend_exact(frame, labels, 0.5))
+    out = Renderer(OverlayStyle(alpha=0.4)).render(frame, result)
+    diff = np.abs(out.astype(int) - blend_exact(frame, labels, 0.4).astype(int))
+    assert diff.max() <= 1 and not diff[labels == 0].any()

@@ -26,6 +26,7 @@ from streamer.io.sinks import (
     check_output_path,
     load_label_maps,
 )
+from streamer.io.sinks.video import encoder_threads
 from streamer.io.sources import FileSource
 
 
@@ -374,3 +375,22 @@ def test_every_sink_takes_the_same_output_item(tmp_path: Path) -> None:
     assert not maps[0].any() and (maps[1] == labels).all()  # no result: all background
     lines = (tmp_path / "stats.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == [item.record for item in items]
+
+
+def test_live_streams_up_to_720p30_encode_on_one_thread(tmp_path: Path) -> None:
+    cores = min(4, os.cpu_count() or 1)
+    live = VideoInfo(width=640, height=360, fps=25.0, is_live=True)
+    assert encoder_threads(live) == 1
+    assert encoder_threads(replace(live, width=1280, height=720, fps=30.0)) == 1
+    assert encoder_threads(replace(live, width=1920, height=1080)) == cores  # 1 falls behind
+    assert encoder_threads(replace(live, is_live=False)) == cores  # a file: all the cores
+    assert encoder_threads(replace(live, is_live=False), realtime=True) == 1  # a paced publish
+    image = np.full((360, 640, 3), 90, np.uint8)
+    for info, threads, expected in ((live, None, 1), (live, 2, 2)):
+        path = tmp_path / f"{expected}.mkv"
+        with VideoFileSink(path, info, threads=threads) as sink:
+            for _ in range(5):
+                sink.write(image)
+        assert sink.threads == expected
+        with av.open(str(path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 5

@@ -77,6 +77,9 @@ class Motion:
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+#: Person-id map dtypes that OpenCV compares and copies (not 64-bit integers).
+_CV_ID_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int16), np.dtype(np.int32))
+
 
 def shift_persons(result: ParseResult, offsets: dict[int, tuple[int, int]]) -> ParseResult:
     """A copy of ``result`` with each person's pixels moved by ``offsets[id] = (dx, dy)``.
@@ -88,8 +91,16 @@ def shift_persons(result: ParseResult, offsets: dict[int, tuple[int, int]]) -> P
                                            for p in result.persons):
         return result
     h, w = result.labels.shape
-    labels = np.where(result.instances == 0, result.labels, 0).astype(result.labels.dtype)
-    instances = np.zeros_like(result.instances)
+    src_labels, src_inst = result.labels, result.instances
+    # OpenCV's compare/masked copy do it in a third of numpy's time (where + boolean
+    # indexing), for the dtypes it knows; the same pixels either way. (cv2's stubs lack
+    # compare's overload with a scalar as the second operand.)
+    fast = src_labels.dtype == np.uint8 and src_inst.dtype in _CV_ID_TYPES
+    if fast:
+        labels = cv2.bitwise_and(src_labels, cv2.compare(src_inst, 0, cv2.CMP_EQ))  # type: ignore[call-overload]
+    else:
+        labels = np.where(src_inst == 0, src_labels, 0).astype(src_labels.dtype)
+    instances = np.zeros_like(src_inst)
     persons: list[Person] = []
     for person in sorted(result.persons, key=lambda p: p.score):
         dx, dy = offsets.get(person.id, (0, 0))
@@ -100,9 +111,17 @@ def shift_persons(result: ParseResult, offsets: dict[int, tuple[int, int]]) -> P
         # The part of the source box that lands inside the frame.
         sx0, sy0 = dst.x0 - dx, dst.y0 - dy
         sx1, sy1 = sx0 + dst.width, sy0 + dst.height
-        mine = result.instances[sy0:sy1, sx0:sx1] == person.id
-        labels[dst.y0:dst.y1, dst.x0:dst.x1][mine] = result.labels[sy0:sy1, sx0:sx1][mine]
-        instances[dst.y0:dst.y1, dst.x0:dst.x1][mine] = person.id
+        ids = src_inst[sy0:sy1, sx0:sx1]
+        to_labels = labels[dst.y0:dst.y1, dst.x0:dst.x1]
+        to_ids = instances[dst.y0:dst.y1, dst.x0:dst.x1]
+        if fast:
+            mask = cv2.compare(ids, person.id, cv2.CMP_EQ)  # type: ignore[call-overload]
+            cv2.copyTo(src_labels[sy0:sy1, sx0:sx1], mask, to_labels)  # in place, in the views
+            cv2.copyTo(ids, mask, to_ids)  # under the mask the source ids are person.id
+        else:
+            mine = ids == person.id
+            to_labels[mine] = src_labels[sy0:sy1, sx0:sx1][mine]
+            to_ids[mine] = person.id
         persons.append(Person(person.id, person.score, dst))
     persons.sort(key=lambda p: p.id)
     return ParseResult(labels, result.classes, instances, persons)

@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from fractions import Fraction
@@ -30,7 +29,7 @@ from streamer.core.errors import SinkError
 from streamer.core.types import Output, VideoInfo
 from streamer.io.sinks.base import FinalisingSink, video_item
 from streamer.io.sinks.checks import check_publish_url
-from streamer.io.sinks.video import fit_image, next_pts, to_video_frame
+from streamer.io.sinks.video import encoder_threads, fit_image, next_pts, to_video_frame
 from streamer.io.sources.base import Pacer, describe_av_error, redact_url
 
 __all__ = ["RtspPublishSink"]
@@ -107,10 +106,13 @@ class RtspPublishSink(FinalisingSink):
         stream.time_base = self.time_base
         cc.gop_size = self._gop  # a keyframe every keyframe_s: where a viewer who joins starts
         # Frame threads, not x264's sliced threads (zerolatency's default): some RTSP
-        # clients count every slice as a frame.
+        # clients count every slice as a frame. A publish is always real time (a file is
+        # paced), so up to 720p30 one thread (encoder_threads): no frame of latency per
+        # extra thread, no CPU taken from the parse; above it, at most 2.
         cc.thread_type = "FRAME"
         cc.thread_count = (self._threads if self._threads is not None
-                           else min(2, os.cpu_count() or 1))
+                           else min(2, encoder_threads(self.info, realtime=True)))
+        self.threads = cc.thread_count
         if self._codec in ("libx264", "libx265"):
             cc.options = {"preset": self._preset, "tune": "zerolatency", "crf": str(self._crf)}
         try:

@@ -24,9 +24,48 @@ from streamer.io.sinks.checks import (
 )
 from streamer.io.sinks.matroska import matroska_template
 
-__all__ = ["VideoFileSink", "fit_image", "next_pts", "to_video_frame"]
+__all__ = [
+    "REALTIME_ONE_THREAD_PIXEL_RATE",
+    "VideoFileSink",
+    "encoder_threads",
+    "fit_image",
+    "next_pts",
+    "to_video_frame",
+]
 
 log = logging.getLogger("streamer.sinks")
+
+#: Pixels per second (width x height x fps) up to which a real-time output is encoded on one
+#: thread: 720p at 30 fps. One libx264 ``veryfast`` thread takes about 3.5 ms for a 640x360
+#: frame, 13 ms for 1280x720 and 29 ms for 1920x1080 on a Sapphire Rapids core
+#: (``benchmarks/stream_path_bench.py``), so up to here the encode takes at most ~40% of the
+#: frame interval, with room for the render on the same thread; 1080p25 would take ~75% and
+#: a busy machine pushes it past the interval.
+REALTIME_ONE_THREAD_PIXEL_RATE = 1280 * 720 * 30
+
+
+def encoder_threads(info: VideoInfo, *, realtime: bool | None = None) -> int:
+    """How many frame threads the encoder of an output shaped like ``info`` gets.
+
+    A real-time output (``realtime``, by default ``info.is_live``) that one thread keeps up
+    with (at most :data:`REALTIME_ONE_THREAD_PIXEL_RATE` pixels per second) gets 1: a live run
+    already has parallelism across streams and the parse, and x264's frame threads cost CPU
+    that the parse needs (2 threads: +8% CPU per frame of a stream's whole path at 640x360,
+    +22% at 1280x720, ``benchmarks/stream_path_bench.py``) and add a frame of latency each.
+    Anything else (a file, a larger real-time picture) gets up to 4, one per core.
+
+    Example:
+        >>> encoder_threads(VideoInfo(640, 360, 25.0, is_live=True))
+        1
+        >>> encoder_threads(VideoInfo(640, 360, 25.0)) == min(4, os.cpu_count() or 1)
+        True
+    """
+    cores = min(4, os.cpu_count() or 1)
+    live = info.is_live if realtime is None else realtime
+    fps = info.fps if info.fps > 0 else 25.0
+    if live and info.width * info.height * fps <= REALTIME_ONE_THREAD_PIXEL_RATE:
+        return 1
+    return cores
 
 
 class VideoFileSink(FinalisingSink):
@@ -42,6 +81,9 @@ class VideoFileSink(FinalisingSink):
 
     MP4/MOV/M4V files are written fast-start (index before the media data) unless
     ``faststart=False``; the room to move the index is part of the room kept to finalise.
+
+    Threads: ``threads`` encoder frame threads, by default :func:`encoder_threads` (one for
+    a live stream up to 720p30, else one per core up to 4).
 
     Size: the output keeps ``info``'s size (rounded down to even numbers for ``yuv420p``).
     A frame of another size (a stream that reconnected at a new resolution) is rescaled to the
@@ -119,9 +161,11 @@ class VideoFileSink(FinalisingSink):
         cc.width, cc.height, cc.pix_fmt = self.width, self.height, pix_fmt
         cc.time_base = self.time_base
         self._stream.time_base = self.time_base
-        # Frame threads: better compression than slice threads, and one frame per packet.
+        # Frame threads: better compression than slice threads, and one frame per packet;
+        # a live stream up to 720p30 encodes on one (encoder_threads says why).
         cc.thread_type = "FRAME"
-        cc.thread_count = threads if threads is not None else min(4, os.cpu_count() or 1)
+        cc.thread_count = threads if threads is not None else encoder_threads(info)
+        self.threads = cc.thread_count
         if codec in ("libx264", "libx265"):
             cc.options = {"crf": str(crf), "preset": preset}
         self._audio_in: Any = None
