@@ -252,6 +252,47 @@ def test_serve_and_batch_honour_scheduler_parallel(tiny_single_model, tmp_path):
         worker.scheduler.stop()
 
 
+def _thread_nice() -> dict[int, int]:
+    """The nice value of every thread of this process, by thread id (Linux)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[int(tid)] = int(fields[16])
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_parse_runs_below_the_streams_priority(tiny_single_model, tmp_path):
+    """scheduler.parse_nice: the slots and the threads the engine starts run that much lower
+    than the streams' threads, so a busy CPU drops parses rather than shown frames."""
+    import threading
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    config = load_config(None, [f"parser.model='{tiny_single_model}'", "detector.type=hog",
+                                "scheduler.parse_nice=3",
+                                f"parser.cache_dir='{tmp_path / 'engines'}'"])
+    before = _thread_nice()
+    scheduler = ParseScheduler.from_options(config.parser, config.scheduler).start()
+    try:
+        started = {tid: nice for tid, nice in _thread_nice().items() if tid not in before}
+        # OpenVINO's worker threads (and the idle slot) were started at the parse's priority.
+        assert started and all(nice == min(19, base + 3) for nice in started.values())
+        seen: list[int] = []
+        lane = scheduler.add("a", lambda frame: seen.append(
+            os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        lane.put(Frame(0, np.zeros((64, 48, 3), np.uint8), 0.0, time.monotonic()))
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert seen == [min(19, base + 3)]
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # ours kept
+    finally:
+        scheduler.stop()
+    with pytest.raises(ConfigError, match="scheduler.parse_nice"):
+        load_config(None, ["scheduler.parse_nice=20"])
+
+
 @pytest.mark.parametrize("value", ["0", "two", "1.5"])
 def test_bad_scheduler_parallel_is_a_config_error(value):
     with pytest.raises(ConfigError, match="scheduler.parallel"):

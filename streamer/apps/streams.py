@@ -71,11 +71,14 @@ class StreamsRun:
                  parser: HumanParser | None = None) -> None:
         self.base = base
         self.output_dir = Path(output_dir)
-        options = base.scheduler.parser_options(base.parser)
-        self.parser = parser if parser is not None else HumanParser(options)
-        self.scheduler = ParseScheduler(
-            self.parser, parallel=base.scheduler.slots(),
-            make_parser=lambda: HumanParser(options)).start()
+        if parser is None:
+            self.scheduler = ParseScheduler.from_options(base.parser, base.scheduler).start()
+        else:
+            options = base.scheduler.parser_options(base.parser)
+            self.scheduler = ParseScheduler(
+                parser, parallel=base.scheduler.slots(), parse_nice=base.scheduler.parse_nice,
+                make_parser=lambda: HumanParser(options)).start()
+        self.parser = self.scheduler.parser
         self.started = time.monotonic()
         self._streams: dict[str, _Running] = {}
         self._lock = threading.Lock()

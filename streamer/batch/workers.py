@@ -237,14 +237,23 @@ class StreamsWorker(JobWorker):
     """
 
     def __init__(self, parser_options: Any, threads: int, scheduler_options: Any = None) -> None:
-        from streamer.parsing.scheduler import ParseScheduler, SchedulerOptions
+        from streamer.parsing.scheduler import (
+            THREADS_AT_LOAD_ENGINES,
+            ParseScheduler,
+            SchedulerOptions,
+            at_lower_priority,
+        )
 
         options = scheduler_options or SchedulerOptions()
-        super().__init__(options.parser_options(parser_options), threads)
+        # Built in a thread of the parse's priority, so that the engine's threads have it too.
+        nice = options.parse_nice if parser_options.engine in THREADS_AT_LOAD_ENGINES else 0
+        at_lower_priority(lambda: JobWorker.__init__(
+            self, options.parser_options(parser_options), threads), nice)
         self.scheduler: Any = None
         if self._parser is not None:
             self.scheduler = ParseScheduler(self._parser, name="streamer-batch-scheduler",
-                                             parallel=options.slots())
+                                             parallel=options.slots(),
+                                             parse_nice=options.parse_nice)
             self.scheduler.start()
 
     def _pipeline_for(self, job: Job, config: Any) -> Any:

@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,56 @@ log = logging.getLogger("streamer.scheduler")
 
 #: Engines whose one compiled network runs several parses at once (parallel infer requests).
 SHARED_NETWORK_ENGINES = ("openvino",)
+
+#: Engines that start their worker threads when the model is compiled or loaded.
+THREADS_AT_LOAD_ENGINES = ("openvino", "onnxruntime")
+
+T = TypeVar("T")
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: a thread's own priority, which
+    threads it starts from now on inherit). Where the OS refuses, the thread keeps its own.
+
+    Example:
+        >>> lower_priority(5)   # this thread now yields the CPU to the others at nice 0
+    """
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
+    except (AttributeError, OSError) as exc:
+        log.debug("cannot lower the parse threads' priority: %s", exc)
+
+
+def at_lower_priority(build: Callable[[], T], nice: int) -> T:
+    """``build()`` run in a thread of priority ``nice`` lower, so that the threads it starts (an
+    engine's or a detector's worker threads, created when the model is compiled or loaded)
+    run at that priority; returns what it built or raises what it raised.
+
+    Example:
+        >>> parser = at_lower_priority(lambda: HumanParser(options), 5)
+    """
+    if nice <= 0:
+        return build()
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        lower_priority(nice)
+        try:
+            result.append(build())
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="streamer-model-build", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
@@ -95,12 +145,21 @@ class SchedulerOptions:
     """
 
     parallel: int | str = "auto"
+    #: How much lower than the streams' threads the parse runs (added to the nice value of the
+    #: parse slots, the engine's and the detector's threads). Each stream's reading, carrying
+    #: and writing has a deadline every frame and the parse has none: with the parse yielding,
+    #: a busy CPU drops parses (the overlay gets older), not shown frames. 0 keeps one priority.
+    parse_nice: int = 5
 
     def __post_init__(self) -> None:
         if isinstance(self.parallel, bool) or not (
                 self.parallel == "auto" or (isinstance(self.parallel, int) and self.parallel >= 1)):
             raise ConfigError(f"scheduler.parallel must be auto or a whole number >= 1, not "
                               f"{self.parallel!r}", hint="e.g. --set scheduler.parallel=2")
+        if isinstance(self.parse_nice, bool) or not isinstance(self.parse_nice, int) or not (
+                0 <= self.parse_nice <= 19):
+            raise ConfigError(f"scheduler.parse_nice must be a whole number from 0 to 19, not "
+                              f"{self.parse_nice!r}", hint="e.g. --set scheduler.parse_nice=5")
 
     def slots(self, cores: int | None = None) -> int:
         """The number of parse slots on ``cores`` cores (default: this machine's)."""
@@ -209,7 +268,9 @@ class ParseScheduler:
     at once (:attr:`HumanParser.concurrency`: OpenVINO with the throughput hint); otherwise
     each slot has its own parser (slot 0 is ``parser``, the others come from ``make_parser``
     or are built with ``parser``'s options). :attr:`parsers` lists the distinct parsers.
-    :meth:`from_options` builds the parser as config asks.
+    :meth:`from_options` builds the parser as config asks. With ``parse_nice`` the slots, and
+    the worker threads of the models built for them, run that much below the streams' threads
+    (:attr:`SchedulerOptions.parse_nice`).
 
     Example:
         >>> with ParseScheduler(parser) as scheduler:
@@ -223,9 +284,12 @@ class ParseScheduler:
 
     def __init__(self, parser: HumanParser, *, name: str = "streamer-scheduler",
                  parallel: int | str = 1,
-                 make_parser: Callable[[], HumanParser] | None = None) -> None:
+                 make_parser: Callable[[], HumanParser] | None = None,
+                 parse_nice: int = 0) -> None:
         self.parser = parser
         self.parallel = resolve_parallel(parallel)
+        #: Priority the slots (and the detector models built here) run at, below the streams'.
+        self.parse_nice = parse_nice
         if make_parser is None:
             options = dataclasses.replace(
                 parser.options, threads=SchedulerOptions(self.parallel).slot_threads())
@@ -234,7 +298,9 @@ class ParseScheduler:
             self._slot_parsers = [parser] * self.parallel  # one network, an infer request each
         else:
             # Built now, so that no stream waits for a network to load.
-            self._slot_parsers = [parser] + [make_parser() for _ in range(self.parallel - 1)]
+            nice = parse_nice if parser.options.engine in THREADS_AT_LOAD_ENGINES else 0
+            self._slot_parsers = [parser] + [at_lower_priority(make_parser, nice)
+                                             for _ in range(self.parallel - 1)]
         #: The distinct parsers (networks) the slots run.
         self.parsers = list({id(p): p for p in self._slot_parsers}.values())
         self._local = threading.local()
@@ -262,8 +328,13 @@ class ParseScheduler:
         """
         options = options or SchedulerOptions()
         slot_options = options.parser_options(parser_options)
-        return cls(HumanParser(slot_options), name=name, parallel=options.slots(),
-                   make_parser=lambda: HumanParser(slot_options))
+        # An engine whose worker threads start with the model is built at the parse's
+        # priority; torch's start on the first parse, from a slot (and its thread count is
+        # set per calling thread, so its parser is built in the caller's).
+        nice = options.parse_nice if slot_options.engine in THREADS_AT_LOAD_ENGINES else 0
+        parser = at_lower_priority(lambda: HumanParser(slot_options), nice)
+        return cls(parser, name=name, parallel=options.slots(),
+                   make_parser=lambda: HumanParser(slot_options), parse_nice=options.parse_nice)
 
     # ----------------------------------------------------------------- lanes
     def add(self, name: str, work: Callable[[Frame], Any], *, priority: float = 1.0,
@@ -298,7 +369,7 @@ class ParseScheduler:
         with self._detector_lock:
             found = self._detectors.get(key)
             if found is None:
-                found = make_detector(options)
+                found = at_lower_priority(lambda: make_detector(options), self.parse_nice)
                 if self.parallel > 1:
                     found = SerialDetector(found)
                 self._detectors[key] = found
@@ -349,6 +420,7 @@ class ParseScheduler:
                 self.condition.wait(1.0)
 
     def _run(self, slot: int) -> None:
+        lower_priority(self.parse_nice)
         self._local.parser = self._slot_parsers[slot]
         while (picked := self._next()) is not None:
             lane, frame = picked
