@@ -113,9 +113,9 @@ def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
     """The number of parse slots for ``parallel`` (``auto`` or a count) on ``cores`` cores.
 
     ``auto`` is one slot whose parser takes every core: see docs/live.md for the measurement
-    behind it (two 1-thread slots parsed 1.4-3.4x as much in total with 4 streams on a loaded
-    2-core machine, but a single stream then waits about twice as long for its parse, and
-    every slot is one more network in memory).
+    behind it (on the idle 2-core machine two slots sharing one network parsed 0.96-1.12x as
+    much in total with 1-4 streams, but each parse runs on one core, so the overlay a viewer
+    sees was 1.3-1.6x as old, and the network with two requests takes 100-260 MB more).
 
     Example:
         >>> resolve_parallel("auto", 2), resolve_parallel(2, 2)
