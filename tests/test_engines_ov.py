@@ -122,7 +122,7 @@ def test_throughput_hint_runs_crops_on_parallel_requests(tiny_single_model, refe
     maps = parser.parse_crops(CROPS)
     engine = parser.engine_for(parser.cfg.canvas_hw)
     assert set(engine._compiled) == {1}  # crops are spread over requests, not batched
-    assert len(engine._requests[1]) >= 1
+    assert engine.concurrency >= 1  # the infer request chains of batch 1
     for got, ref in zip(maps, reference, strict=True):
         assert agreement(got, ref) >= 0.995
 

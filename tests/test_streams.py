@@ -127,6 +127,18 @@ def test_scheduler_shares_a_detector_only_between_streams_that_ask_for_the_same_
             is not scheduler.detector(hog), change
 
 
+def feed_lanes(lanes: dict, images: dict[str, np.ndarray], results: dict[str, list], *,
+               at_least: int, timeout: float, pause: float) -> None:
+    """Put each lane's image into it, frame after frame, until every lane has ``at_least``
+    results (or ``timeout`` seconds pass)."""
+    deadline, i = time.monotonic() + timeout, 0
+    while min(len(r) for r in results.values()) < at_least and time.monotonic() < deadline:
+        for name, lane in lanes.items():
+            lane.put(Frame(i, images[name], i / 25, time.monotonic()))
+        i += 1
+        time.sleep(pause)
+
+
 @pytest.mark.parametrize("parallel", [1, 2])
 def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, tmp_path,
                                                             parallel):
@@ -164,12 +176,7 @@ def test_parallel_slots_parse_each_lane_alone_and_correctly(tiny_single_model, t
             return parse
 
         lanes = {name: scheduler.add(name, work(name)) for name in images}
-        deadline, i = time.monotonic() + 20, 0
-        while min(len(r) for r in results.values()) < 2 and time.monotonic() < deadline:
-            for name, lane in lanes.items():
-                lane.put(Frame(i, images[name], i / 25, time.monotonic()))
-            i += 1
-            time.sleep(0.005)
+        feed_lanes(lanes, images, results, at_least=2, timeout=20, pause=0.005)
         run.wait(timeout=30)
     finally:
         torch.set_num_threads(torch_threads)
@@ -215,12 +222,7 @@ def test_parallel_slots_share_one_openvino_network(tiny_single_model, tmp_path):
             return parse
 
         lanes = {name: scheduler.add(name, work(name)) for name in images}
-        deadline, i = time.monotonic() + 30, 0
-        while min(len(r) for r in results.values()) < 3 and time.monotonic() < deadline:
-            for name, lane in lanes.items():
-                lane.put(Frame(i, images[name], i / 25, time.monotonic()))
-            i += 1
-            time.sleep(0.002)
+        feed_lanes(lanes, images, results, at_least=3, timeout=30, pause=0.002)
     finally:
         run.wait(timeout=30)
     assert not together.broken and len(threads) == 2

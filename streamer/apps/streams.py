@@ -71,13 +71,8 @@ class StreamsRun:
                  parser: HumanParser | None = None) -> None:
         self.base = base
         self.output_dir = Path(output_dir)
-        if parser is None:
-            self.scheduler = ParseScheduler.from_options(base.parser, base.scheduler).start()
-        else:
-            options = base.scheduler.parser_options(base.parser)
-            self.scheduler = ParseScheduler(
-                parser, parallel=base.scheduler.slots(), parse_nice=base.scheduler.parse_nice,
-                make_parser=lambda: HumanParser(options)).start()
+        self.scheduler = ParseScheduler.from_options(base.parser, base.scheduler,
+                                                     parser=parser).start()
         self.parser = self.scheduler.parser
         self.started = time.monotonic()
         self._streams: dict[str, _Running] = {}

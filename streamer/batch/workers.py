@@ -238,17 +238,17 @@ class StreamsWorker(JobWorker):
 
     def __init__(self, parser_options: Any, threads: int, scheduler_options: Any = None) -> None:
         from streamer.parsing.scheduler import (
-            THREADS_AT_LOAD_ENGINES,
             ParseScheduler,
             SchedulerOptions,
             at_lower_priority,
+            build_nice,
         )
 
         options = scheduler_options or SchedulerOptions()
-        # Built in a thread of the parse's priority, so that the engine's threads have it too.
-        nice = options.parse_nice if parser_options.engine in THREADS_AT_LOAD_ENGINES else 0
+        # Built at the parse's priority, so that the engine's threads have it too.
         at_lower_priority(lambda: JobWorker.__init__(
-            self, options.parser_options(parser_options), threads), nice)
+            self, options.parser_options(parser_options), threads),
+            build_nice(parser_options.engine, options.parse_nice))
         self.scheduler: Any = None
         if self._parser is not None:
             self.scheduler = ParseScheduler(self._parser, name="streamer-batch-scheduler",

@@ -109,6 +109,20 @@ def at_lower_priority(build: Callable[[], T], nice: int) -> T:
     return result[0]
 
 
+def build_nice(engine: str, nice: int) -> int:
+    """How much lower to build a parser of ``engine`` at, for its threads to run ``nice``
+    lower: ``nice`` for an engine whose worker threads start with the model (they inherit the
+    building thread's priority), 0 for torch, whose threads start on the first parse (from a
+    slot, already lower) and whose thread count is set per calling thread (so its parser is
+    built in the caller's).
+
+    Example:
+        >>> build_nice("openvino", 5), build_nice("torch", 5)
+        (5, 0)
+    """
+    return nice if engine in THREADS_AT_LOAD_ENGINES else 0
+
+
 def resolve_parallel(parallel: int | str, cores: int | None = None) -> int:
     """The number of parse slots for ``parallel`` (``auto`` or a count) on ``cores`` cores.
 
@@ -298,7 +312,7 @@ class ParseScheduler:
             self._slot_parsers = [parser] * self.parallel  # one network, an infer request each
         else:
             # Built now, so that no stream waits for a network to load.
-            nice = parse_nice if parser.options.engine in THREADS_AT_LOAD_ENGINES else 0
+            nice = build_nice(parser.options.engine, parse_nice)
             self._slot_parsers = [parser] + [at_lower_priority(make_parser, nice)
                                              for _ in range(self.parallel - 1)]
         #: The distinct parsers (networks) the slots run.
@@ -319,20 +333,20 @@ class ParseScheduler:
 
     @classmethod
     def from_options(cls, parser_options: ParserOptions, options: SchedulerOptions | None = None,
-                     *, name: str = "streamer-scheduler") -> ParseScheduler:
-        """A scheduler (not started) on a parser built as ``options`` asks
-        (:meth:`SchedulerOptions.parser_options`), with that many slots.
+                     *, parser: HumanParser | None = None,
+                     name: str = "streamer-scheduler") -> ParseScheduler:
+        """A scheduler (not started) with ``options``' slots, on ``parser`` or on a parser
+        built as ``options`` asks (:meth:`SchedulerOptions.parser_options`), at the parse's
+        priority (:func:`build_nice`).
 
         Example:
             >>> scheduler = ParseScheduler.from_options(config.parser, config.scheduler).start()
         """
         options = options or SchedulerOptions()
         slot_options = options.parser_options(parser_options)
-        # An engine whose worker threads start with the model is built at the parse's
-        # priority; torch's start on the first parse, from a slot (and its thread count is
-        # set per calling thread, so its parser is built in the caller's).
-        nice = options.parse_nice if slot_options.engine in THREADS_AT_LOAD_ENGINES else 0
-        parser = at_lower_priority(lambda: HumanParser(slot_options), nice)
+        if parser is None:
+            parser = at_lower_priority(lambda: HumanParser(slot_options),
+                                       build_nice(slot_options.engine, options.parse_nice))
         return cls(parser, name=name, parallel=options.slots(),
                    make_parser=lambda: HumanParser(slot_options), parse_nice=options.parse_nice)
 

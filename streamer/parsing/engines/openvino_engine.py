@@ -90,6 +90,37 @@ def _warn_no_bf16() -> None:
                 "parser.precision bf16 runs as fp32")
 
 
+class RequestPool:
+    """A compiled shape's infer request chains (one request per part each), handed out to
+    callers in any thread: :meth:`take` gives up to ``wanted`` free chains, at least one
+    (waiting for it while other calls hold them all), and takes them back afterwards.
+
+    Example:
+        >>> with pool.take(wanted=2) as chains:
+        ...     ...   # run one crop on each chain
+    """
+
+    def __init__(self, chains: list[list]) -> None:
+        self.size = len(chains)
+        self._free: queue.SimpleQueue[list] = queue.SimpleQueue()
+        for chain in chains:
+            self._free.put(chain)
+
+    @contextlib.contextmanager
+    def take(self, wanted: int = 1) -> Iterator[list[list]]:
+        taken = [self._free.get()]
+        try:
+            while len(taken) < wanted:
+                try:
+                    taken.append(self._free.get_nowait())
+                except queue.Empty:
+                    break
+            yield taken
+        finally:
+            for chain in taken:
+                self._free.put(chain)
+
+
 class OpenVinoEngine:
     """OpenVINO on the CPU: fp32, bf16 or calibrated int8, compiled for static input shapes.
 
@@ -103,10 +134,10 @@ class OpenVinoEngine:
     compiled shape keeps its infer requests and reuses them call after call.
 
     Thread safety: calls may come from several threads at once. Each call takes a free infer
-    request chain from the shape's pool (and returns it after), so with the throughput hint
-    :attr:`concurrency` calls run side by side on one compiled network (the parse slots of
-    :class:`~streamer.parsing.scheduler.ParseScheduler` share it this way); with the latency
-    hint there is one chain and calls take turns.
+    request chain from the shape's :class:`RequestPool` (and returns it after), so with the
+    throughput hint :attr:`concurrency` calls run side by side on one compiled network (the
+    parse slots of :class:`~streamer.parsing.scheduler.ParseScheduler` share it this way);
+    with the latency hint there is one chain and calls take turns.
 
     Example:
         >>> engine = OpenVinoEngine(net, (512, 384), 2, checkpoint, cache_dir, "fp32", "latency")
@@ -154,8 +185,7 @@ class OpenVinoEngine:
             self._key_options["source"] = f"{source.name}:{stat.st_size}:{stat.st_mtime_ns}"
         self._compiled: dict[int, list] = {}
         self._blobs: list[mmap.mmap] = []  # mapped compiled blobs, alive with the model
-        self._requests: dict[int, list[list]] = {}
-        self._free: dict[int, queue.SimpleQueue[list]] = {}  # chains not in use, per shape
+        self._pools: dict[int, RequestPool] = {}  # each compiled shape's infer requests
         self._build_lock = threading.RLock()  # compiling a shape, creating its requests
         self.compiled_now: list[int] = []  # batch sizes compiled (not loaded) by this engine
         self.static_batches = OPENVINO_STATIC_BATCHES if static_batches is None else static_batches
@@ -194,7 +224,7 @@ class OpenVinoEngine:
     def concurrency(self) -> int:
         """How many calls can run at once on parallel infer requests (1 with the latency
         hint; OpenVINO's OPTIMAL_NUMBER_OF_INFER_REQUESTS with the throughput hint)."""
-        return len(self._requests_for(1))
+        return self._pool(1).size
 
     def _import(self, path: Path, precision: str, warn: bool):
         """The compiled model from the blob at ``path``, or ``None`` if there is none (or it
@@ -249,44 +279,22 @@ class OpenVinoEngine:
                  part, precision, batch, time.perf_counter() - started, path)
         return compiled
 
-    def _requests_for(self, batch: int) -> list[list]:
-        """Infer requests for ``batch`` crops, each a chain with one request per part."""
-        chains = self._requests.get(batch)
-        if chains is None:
+    def _pool(self, batch: int) -> RequestPool:
+        """The infer requests for ``batch`` crops, created on first use."""
+        pool = self._pools.get(batch)
+        if pool is None:
             with self._build_lock:
-                chains = self._requests.get(batch)
-                if chains is None:
+                pool = self._pools.get(batch)
+                if pool is None:
                     compiled = self.compiled(batch)
                     count = 1
                     if self.perf_hint == "throughput":
                         count = max(1, int(compiled[0].get_property(
                             "OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-                    chains = [[part.create_infer_request() for part in compiled]
-                              for _ in range(count)]
-                    free: queue.SimpleQueue[list] = queue.SimpleQueue()
-                    for chain in chains:
-                        free.put(chain)
-                    self._free[batch] = free
-                    self._requests[batch] = chains
-        return chains
-
-    @contextlib.contextmanager
-    def _chains(self, batch: int, wanted: int = 1) -> Iterator[list[list]]:
-        """Up to ``wanted`` free chains for ``batch`` crops, at least one (waiting for it while
-        other threads' calls hold them all), given back afterwards."""
-        self._requests_for(batch)
-        free = self._free[batch]
-        taken = [free.get()]
-        try:
-            while len(taken) < wanted:
-                try:
-                    taken.append(free.get_nowait())
-                except queue.Empty:
-                    break
-            yield taken
-        finally:
-            for chain in taken:
-                free.put(chain)
+                    pool = RequestPool([[part.create_infer_request() for part in compiled]
+                                        for _ in range(count)])
+                    self._pools[batch] = pool
+        return pool
 
     @staticmethod
     def _infer(chain: list, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -307,19 +315,19 @@ class OpenVinoEngine:
             return self._parallel(batch)
         if n > 1 and not self.static_batches:
             return self._one_by_one(batch)
-        with self._chains(n) as (chain,):
+        with self._pool(n).take() as (chain,):
             return self._infer(chain, batch)
 
     def _one_by_one(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Latency hint: crops through the batch-1 model in turn (see OPENVINO_STATIC_BATCHES)."""
-        with self._chains(1) as (chain,):
+        with self._pool(1).take() as (chain,):
             outs = [self._infer(chain, batch[i:i + 1]) for i in range(batch.shape[0])]
         return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
     def _parallel(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Throughput hint: one crop per request chain, the chains running on parallel streams
         (as many chains as are free: other threads' calls may hold some)."""
-        with self._chains(1, wanted=batch.shape[0]) as chains:
+        with self._pool(1).take(wanted=batch.shape[0]) as chains:
             return self._run_parallel(chains, batch)
 
     def _run_parallel(self, chains: list[list], batch: np.ndarray
